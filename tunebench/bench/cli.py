@@ -1,0 +1,190 @@
+"""Command line: ``tunebench list | build | run | bench | report`` (also ``python -m tunebench``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+from tunebench.errors import ConfigError, TunebenchError
+
+DEFAULT_RESULTS = Path("results")
+
+
+def _list(args) -> None:
+    from tunebench.registry import BACKBONES, DATASETS, METHODS, TASKS, load_all
+
+    load_all()
+    registries = {"methods": METHODS, "tasks": TASKS, "backbones": BACKBONES, "datasets": DATASETS}
+    for kind in [args.kind] if args.kind else list(registries):
+        if not args.kind:
+            print(f"# {kind}")
+        registry = registries[kind]
+        for name in registry.names():
+            entry = registry.get(name) if not name.endswith(":") else registry.resolve(name + "x")[0]
+            summary = getattr(entry, "summary", "") or (entry.__doc__ or "").strip().split("\n")[0]
+            print(f"{name:20s} {summary}" if args.verbose else name)
+            if args.verbose and kind == "methods":
+                for f in fields(entry.config_class):
+                    print(f"    {f.name} = {f.default!r}: {f.metadata.get('help', '')}")
+
+
+def _build(args) -> None:
+    from tunebench.models.mini_clip import build_mini_clip
+
+    if args.model != "mini-clip":
+        raise ConfigError(f"unknown model to build {args.model!r}; valid: mini-clip")
+    print(build_mini_clip(force=args.force))
+
+
+def _parse_value(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _run(args) -> None:
+    from tunebench.bench.config import RunConfig, TrainConfig, build_dataclass
+    from tunebench.bench.runner import Runner, backbone_version, validate_cells
+    from tunebench.registry import load_all
+
+    load_all()
+    train, method_settings = {}, {}
+    for item in args.set or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r} (e.g. --set train.steps=50)")
+        key, value = item.split("=", 1)
+        scope, _, name = key.partition(".")
+        if scope == "train" and name:
+            train[name] = _parse_value(value)
+        elif scope == "method" and name:
+            method_settings[name] = _parse_value(value)
+        else:
+            raise ConfigError(f"--set key must start with train. or method., got {key!r}")
+    config = RunConfig(
+        task=args.task, dataset=args.dataset, method=args.method, backbone=args.backbone,
+        shots=args.shots, seed=args.seed, train=build_dataclass(TrainConfig, train, "train"),
+        method_config=method_settings, pretrained=args.pretrained,
+        backbone_version=backbone_version(args.backbone, args.pretrained),
+    )
+    validate_cells([config])
+    record = Runner(args.results, force=args.force).run(config)
+    if record is None:
+        print(f"already finished: {Runner(args.results).store.path(config.config_hash)} (use --force to rerun)")
+        return
+    _print_record(record)
+    if record["status"] != "ok":
+        raise TunebenchError(f"run failed: {record['error']}")
+
+
+def _print_record(record: dict) -> None:
+    top1 = record["metrics"].get("top1")
+    print(
+        f"{record['method']} on {record['dataset']} ({record['shots']}-shot, seed {record['seed']}): "
+        f"{record['status']}"
+        + (f", top-1 {top1:.4f}" if top1 is not None else "")
+        + (f", train {record['train_seconds']:.2f} s, eval {record['eval_seconds']:.2f} s"
+           if record["status"] == "ok" else "")
+        + (f", trainable {record['trainable_params']:,} of {record['total_params']:,}"
+           if record["status"] == "ok" else "")
+    )
+
+
+def _bench(args) -> None:
+    from tunebench.bench.runner import Runner, run_sweep, validate_cells
+    from tunebench.bench.sweep import expand, load_sweep
+    from tunebench.registry import load_all
+
+    load_all()
+    cells = expand(load_sweep(args.sweep))
+    validate_cells(cells)
+    if args.dry_run:
+        for cell in cells:
+            print(f"{cell.config_hash}  {cell.label}")
+        print(f"{len(cells)} cells")
+        return
+    started = time.perf_counter()
+    summary = run_sweep(cells, Runner(args.results, force=args.force))
+    minutes = (time.perf_counter() - started) / 60
+    print(
+        f"sweep {args.sweep}: {len(summary.ok)} ran, {len(summary.skipped)} already finished, "
+        f"{len(summary.failed)} failed, in {minutes:.1f} min"
+    )
+    if not args.no_report:
+        _report(args)
+    if summary.failed:
+        raise TunebenchError(f"{len(summary.failed)} run(s) failed; their errors are in {args.results}/runs")
+
+
+def _report(args) -> None:
+    from tunebench.bench.report import build_report
+
+    files = build_report(Path(args.results), reference_method=args.reference)
+    for path in files.paths:
+        print(path)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunebench",
+        description="Compare tuning methods for vision-language models with measured numbers.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list registered methods, tasks, backbones, datasets")
+    p.add_argument("kind", nargs="?", choices=["methods", "tasks", "backbones", "datasets"])
+    p.add_argument("-v", "--verbose", action="store_true", help="one-line summaries and method settings")
+    p.set_defaults(func=_list)
+
+    p = sub.add_parser("build", help="build and cache a model (mini-clip: LiT alignment, ~6 min on 2 cores)")
+    p.add_argument("model", choices=["mini-clip"])
+    p.add_argument("--force", action="store_true", help="rebuild even when cached")
+    p.set_defaults(func=_build)
+
+    p = sub.add_parser("run", help="run one cell and store its result")
+    p.add_argument("--method", required=True, help="see `tunebench list methods`")
+    p.add_argument("--dataset", required=True, help="see `tunebench list datasets`; imagefolder:PATH for your own")
+    p.add_argument("--task", default="fewshot-cls")
+    p.add_argument("--backbone", default="mini-clip", help="mini-clip, tiny-clip or open_clip:ARCH")
+    p.add_argument("--pretrained", help="local checkpoint for the backbone (open_clip: a state dict file)")
+    p.add_argument("--shots", type=int, default=4, help="training images per class")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set train.steps=50 --set method.lr=1e-3 (repeatable)")
+    p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: results)")
+    p.add_argument("--force", action="store_true", help="rerun even when a finished result exists")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("bench", help="run every cell of a sweep file, then rebuild the report")
+    p.add_argument("sweep", type=Path, help="sweep YAML (e.g. bench.yaml)")
+    p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: results)")
+    p.add_argument("--force", action="store_true", help="rerun finished cells too")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and their hashes, run nothing")
+    p.add_argument("--no-report", action="store_true", help="do not rebuild the report afterwards")
+    p.add_argument("--reference", default="cones", help="method that train times are compared to")
+    p.set_defaults(func=_bench)
+
+    p = sub.add_parser("report", help="rebuild tables and figures from the stored runs (no training)")
+    p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: results)")
+    p.add_argument("--reference", default="cones", help="method that train times are compared to")
+    p.set_defaults(func=_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except TunebenchError as exc:
+        print(f"tunebench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tunebench: interrupted; finished runs are stored, rerun to do the rest", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Cache of frozen image-tower features, shared across methods, seeds and sweeps.
+
+Keyed by (backbone weights, dataset, split, resolution). Each file holds the indices
+computed so far and their trunk features; a request computes only what is missing
+and merges it in. Writers take a file lock and replace the file atomically, so
+concurrent runs never corrupt a cache file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tunebench.bench.progress import progress
+from tunebench.datasets.base import ImageSource
+from tunebench.models.base import VisionLanguageBackbone
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:80]
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class FeatureCache:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.seconds_computing = 0.0  # time spent on features that were not cached yet
+
+    def file_for(self, backbone: VisionLanguageBackbone, dataset: str, split: str, size: int) -> Path:
+        name = f"{_safe(backbone.content_id)}__{_safe(dataset)}__{split}__{size}px.safetensors"
+        return self.root / name
+
+    def _read(self, path: Path) -> tuple[np.ndarray, torch.Tensor | None]:
+        from safetensors.torch import load_file
+
+        if not path.is_file():
+            return np.empty(0, dtype=np.int64), None
+        try:
+            stored = load_file(str(path))
+            return stored["indices"].numpy(), stored["features"]
+        except Exception:  # a damaged cache is rebuilt, never trusted
+            return np.empty(0, dtype=np.int64), None
+
+    @torch.no_grad()
+    def get(
+        self,
+        backbone: VisionLanguageBackbone,
+        source: ImageSource,
+        indices: np.ndarray,
+        *,
+        dataset: str,
+        split: str,
+        image_size: int,
+        device: torch.device,
+        batch_size: int = 256,
+    ) -> torch.Tensor:
+        """Trunk features (len(indices), F) in the order of ``indices``."""
+        from safetensors.torch import save_file
+
+        path = self.file_for(backbone, dataset, split, image_size)
+        indices = np.asarray(indices, dtype=np.int64)
+        with _locked(path):
+            have, features = self._read(path)
+            missing = np.setdiff1d(indices, have)
+            if len(missing):
+                started = time.perf_counter()
+                new = _encode(backbone, source, missing, image_size, device, batch_size,
+                              desc=f"image features {dataset}/{split}")
+                self.seconds_computing += time.perf_counter() - started
+                have = np.concatenate([have, missing])
+                features = new if features is None else torch.cat([features, new])
+                order = np.argsort(have)
+                have, features = have[order], features[torch.from_numpy(order)]
+                fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
+                os.close(fd)
+                save_file({"indices": torch.from_numpy(have), "features": features.contiguous()}, tmp)
+                os.replace(tmp, path)
+        rows = np.searchsorted(have, indices)
+        return features[torch.from_numpy(rows)]
+
+
+def _encode(backbone, source, indices, image_size, device, batch_size, desc) -> torch.Tensor:
+    backbone.eval()
+    chunks = []
+    for start in progress(range(0, len(indices), batch_size), desc=desc, unit="batch"):
+        images = source.load(indices[start : start + batch_size])
+        pixels = backbone.preprocess(images, image_size).to(device)
+        chunks.append(backbone.encode_image_trunk(pixels).float().cpu())
+    return torch.cat(chunks)
+
+
+def encode_images(backbone, source, indices, *, image_size, device, batch_size) -> torch.Tensor:
+    """Trunk features computed now, with the backbone as it is (for tuned image towers)."""
+    with torch.no_grad():
+        return _encode(backbone, source, np.asarray(indices), image_size, device, batch_size,
+                       desc="image features (tuned tower)")

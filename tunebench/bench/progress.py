@@ -1,0 +1,17 @@
+"""Progress bars that stay readable in logs: redrawn in a terminal, sparse otherwise."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from tqdm.auto import tqdm
+
+
+def progress(iterable=None, **kwargs):
+    interactive = sys.stderr.isatty()
+    kwargs.setdefault("mininterval", 0.5 if interactive else 30.0)
+    kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("disable", os.environ.get("TUNEBENCH_NO_PROGRESS") == "1")
+    kwargs.setdefault("leave", interactive)
+    return tqdm(iterable, **kwargs)

@@ -1,0 +1,175 @@
+"""The shared runner: one cell in, one stored record out, for any method and task.
+
+It loads (and keeps) the pristine backbone, gives each run a private copy, measures
+peak memory around the whole run, and writes a record whether the run succeeded or
+failed. It never names a method: what differs between methods lives in the adapters.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tunebench.bench.config import RunConfig
+from tunebench.bench.features import FeatureCache
+from tunebench.bench.measure import PeakMemory, environment
+from tunebench.bench.progress import progress
+from tunebench.bench.store import RunStore
+from tunebench.bench.training import resolve_device, seed_everything
+from tunebench.errors import TunebenchError
+from tunebench.paths import tunebench_cache_dir
+from tunebench.registry import BACKBONES, METHODS, TASKS
+from tunebench.tasks.base import TaskContext
+
+
+def backbone_version(name: str, pretrained: str | None) -> str | None:
+    """A cheap fingerprint of the backbone's weights, part of every run's config hash."""
+    builder, _ = BACKBONES.resolve(name)
+    parts = [getattr(builder, "version", None)]
+    if pretrained:
+        path = Path(pretrained).expanduser()
+        if path.exists():
+            stat = path.stat()
+            parts.append(f"{stat.st_size}-{int(stat.st_mtime)}")
+    parts = [p for p in parts if p]
+    return "/".join(parts) or None
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line a user can act on."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
+        return "out of memory: lower train.batch_size / train.eval_batch_size or train.image_size"
+    if isinstance(exc, TunebenchError):
+        return str(exc).splitlines()[0]
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}"
+
+
+@dataclass
+class SweepSummary:
+    ok: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+class Runner:
+    def __init__(self, results_dir: Path, *, force: bool = False, cache_dir: Path | None = None):
+        self.store = RunStore(results_dir)
+        self.force = force
+        self.features = FeatureCache((cache_dir or tunebench_cache_dir()) / "features")
+        self._backbones: dict[tuple[str, str | None], torch.nn.Module] = {}
+
+    def _pristine_backbone(self, config: RunConfig):
+        key = (config.backbone, config.pretrained)
+        if key not in self._backbones:
+            builder, argument = BACKBONES.resolve(config.backbone)
+            self._backbones[key] = builder(argument, pretrained=config.pretrained).eval()
+        return self._backbones[key]
+
+    def run(self, config: RunConfig) -> dict | None:
+        """Run one cell; returns its record, or None when it was already finished."""
+        key = config.config_hash
+        if self.store.is_finished(key) and not self.force:
+            return None
+        task = TASKS.get(config.task)()
+        device = resolve_device(config.train.device)
+        started = dt.datetime.now(dt.timezone.utc)
+        record = {
+            "task": config.task, "dataset": config.dataset, "method": config.method,
+            "backbone": config.backbone, "shots": config.shots, "seed": config.seed,
+            "config_hash": key, "config": config.to_dict(), "status": "failed", "error": None,
+            "train_seconds": None, "eval_seconds": None, "feature_seconds": None,
+            "trainable_params": None, "total_params": None, "peak_memory_mb": None,
+            "images_per_second": None, "metrics": {}, "steps": None,
+            "started_at": started.isoformat(timespec="seconds"),
+        }
+        memory = PeakMemory(device)
+        try:
+            with memory:
+                seed_everything(config.seed)
+                backbone = copy.deepcopy(self._pristine_backbone(config)).to(device)
+                context = TaskContext(backbone=backbone, device=device, features=self.features)
+                result = task.run(config, context)
+            adapter = result.adapter
+            record.update(
+                status="ok",
+                backbone_content_id=backbone.content_id,
+                train_seconds=round(result.train_seconds, 4),
+                eval_seconds=round(result.eval_seconds, 4),
+                feature_seconds=round(result.feature_seconds, 4),
+                trainable_params=adapter.trainable_count(),
+                total_params=adapter.total_count(),
+                trainable_names=sorted(n for n, _ in adapter.trainable_named_parameters()),
+                images_per_second=(
+                    round(result.images_seen / result.train_seconds, 2)
+                    if result.images_seen and result.train_seconds > 0 else None
+                ),
+                metrics=result.metrics,
+                steps=result.steps,
+                image_input=result.image_input,
+                **result.extra,
+            )
+            if config.train.save_artifacts:
+                record["artifact"] = self._save_artifact(key, adapter)
+        except KeyboardInterrupt:
+            raise  # an interrupted cell is not a result: the rerun redoes it
+        except Exception as exc:  # a failing cell is recorded, and the sweep goes on
+            record["error"] = describe_error(exc)
+            record["traceback"] = traceback.format_exc(limit=8)
+        record["peak_memory_mb"] = memory.megabytes
+        record["peak_memory_kind"] = memory.kind
+        record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        record["env"] = environment(device)
+        if record["status"] == "failed" and self.store.is_finished(key):
+            print(f"rerun of {config.label} failed ({record['error']}); the stored result is kept",
+                  file=sys.stderr)
+            return record
+        self.store.write(record)
+        return record
+
+    def _save_artifact(self, key: str, adapter) -> dict:
+        import os
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        tensors = adapter.artifact()
+        self.store.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        path = self.store.artifacts_dir / f"{key}.safetensors"
+        fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        save_file(tensors, tmp)
+        os.replace(tmp, path)
+        return {"path": str(path.relative_to(self.store.results_dir)), "bytes": path.stat().st_size,
+                "tensors": len(tensors)}
+
+
+def validate_cells(configs: list[RunConfig]) -> None:
+    """Fail before anything runs when a cell names something unknown."""
+    for config in configs:
+
+        METHODS.get(config.method)
+        BACKBONES.resolve(config.backbone)
+        TASKS.get(config.task)().validate(config)
+
+
+def run_sweep(configs: list[RunConfig], runner: Runner) -> SweepSummary:
+    summary = SweepSummary()
+    bar = progress(configs, desc="sweep", unit="run")
+    for config in bar:
+        record = runner.run(config)
+        if record is None:
+            summary.skipped.append(config.config_hash)
+        elif record["status"] == "ok":
+            summary.ok.append(config.config_hash)
+        else:
+            summary.failed.append(config.config_hash)
+            print(f"FAILED {config.label}: {record['error']}", file=sys.stderr)
+        bar.set_postfix(ok=len(summary.ok), failed=len(summary.failed), skipped=len(summary.skipped))
+    return summary

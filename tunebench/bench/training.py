@@ -1,0 +1,107 @@
+"""The one training loop every method runs: AdamW, warm-up + cosine, clipping, seeds."""
+
+from __future__ import annotations
+
+import math
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tunebench.bench.config import TrainConfig
+from tunebench.bench.progress import progress
+from tunebench.errors import TunebenchError
+
+
+class NonFiniteLoss(TunebenchError):
+    """Training diverged; the run is recorded as failed with this message."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TunebenchError(f"device {name!r} asked for but no CUDA GPU is visible; use device: auto or cpu")
+    return device
+
+
+def autocast_for(device: torch.device, precision: str):
+    """bf16 autocast on CUDA by default; fp32 on CPU (CPU bf16 is slower there)."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def warmup_cosine(step: int, *, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress_fraction = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_fraction)))
+
+
+@dataclass
+class TrainOutcome:
+    steps: int
+    images_seen: int
+    final_loss: float
+
+
+def train_classifier(
+    adapter,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    pixels: bool,
+    config: TrainConfig,
+    seed: int,
+    device: torch.device,
+    label: str = "training",
+) -> TrainOutcome:
+    """Cross-entropy training of ``adapter`` on ``inputs`` (pixels or cached features)."""
+    groups = adapter.optimizer_groups()
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: warmup_cosine(s, warmup=min(config.warmup_steps, config.steps // 2), total=config.steps),
+    )
+    generator = torch.Generator().manual_seed(seed)
+    batch = min(config.batch_size, len(labels))
+    order = torch.randperm(len(labels), generator=generator)
+    cursor = 0
+    adapter.train()
+    loss_value = float("nan")
+    for step in progress(range(config.steps), desc=label, unit="step"):
+        if cursor + batch > len(order):  # a new epoch: reshuffle
+            order, cursor = torch.randperm(len(labels), generator=generator), 0
+        index = order[cursor : cursor + batch]
+        cursor += batch
+        x = inputs[index].to(device, non_blocking=True)
+        y = labels[index].to(device, non_blocking=True)
+        with autocast_for(device, config.precision):
+            logits = adapter(x, pixels=pixels)
+        loss = F.cross_entropy(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(
+                f"loss became {loss.item()} at step {step}: lower this method's lr in method_config"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        loss_value = loss.item()
+    adapter.eval()
+    return TrainOutcome(steps=config.steps, images_seen=config.steps * batch, final_loss=loss_value)

@@ -1,0 +1,29 @@
+"""Datasets by name: ``load_dataset("fashion-mnist")``, ``load_dataset("imagefolder:/data/pets")``.
+
+Importing this package registers every dataset module in ``DATASETS``; adding a
+dataset means adding one module here and one import below.
+"""
+
+from __future__ import annotations
+
+import functools
+
+# Imported for their registrations.
+from tunebench.datasets import animal_mnist, fashion_mnist, imagefolder, textile, tiny  # noqa: F401
+from tunebench.datasets.base import ClassificationDataset
+from tunebench.datasets.fewshot import fewshot_indices, test_indices
+from tunebench.errors import ConfigError
+from tunebench.registry import DATASETS
+
+__all__ = ["ClassificationDataset", "fewshot_indices", "load_dataset", "test_indices"]
+
+
+@functools.cache  # lru_cache without a size bound
+def load_dataset(name: str) -> ClassificationDataset:
+    """The dataset registered as ``name`` (or ``prefix:argument``), built once per process."""
+    entry, argument = DATASETS.resolve(name)
+    if argument is not None:
+        return entry(argument)
+    if name.endswith(":"):  # the bare prefix matched its own entry, which needs an argument
+        raise ConfigError(f"dataset {name!r} needs a path after the colon, e.g. {name}/data/pets")
+    return entry()

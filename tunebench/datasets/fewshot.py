@@ -1,0 +1,169 @@
+"""CoOp's few-shot protocol: K training images per class, fixed by a seed, frozen in a file.
+
+The chosen indices are written to a JSON split file the first time and read back
+afterwards, so every method and every later run trains on exactly the same images,
+even if the sampling code or numpy's generator changes. The file also records each
+image's identity, so a split that no longer matches the data (files added to an
+image folder, a dataset re-ordered) is noticed and redrawn instead of silently
+pointing at other images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from tunebench.datasets.base import ClassificationDataset
+from tunebench.errors import ConfigError, DataError
+from tunebench.paths import tunebench_cache_dir
+
+
+def stratified_split(
+    labels: np.ndarray,
+    *,
+    per_class: int | None = None,
+    fraction: float | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (rest, chosen), both sorted, choosing per class either a count or a fraction.
+
+    A class with fewer than ``per_class`` images gives all of them. With ``fraction``
+    every class with two or more images keeps at least one image on each side, so a
+    small class is neither untestable nor untrainable.
+    """
+    if (per_class is None) == (fraction is None):
+        raise ValueError("give exactly one of per_class and fraction")
+    labels = np.asarray(labels)
+    rng = np.random.RandomState(seed)
+    chosen: list[np.ndarray] = []
+    for label in np.unique(labels):  # classes in a fixed order so the draws are reproducible
+        members = np.flatnonzero(labels == label)
+        if per_class is not None:
+            count = min(per_class, len(members))
+        elif len(members) < 2:
+            count = 0
+        else:
+            count = min(max(1, round(fraction * len(members))), len(members) - 1)
+        chosen.append(rng.permutation(members)[:count])
+    picked = np.sort(np.concatenate(chosen)).astype(np.int64)
+    rest = np.setdiff1d(np.arange(len(labels), dtype=np.int64), picked)
+    return rest, picked
+
+
+def test_indices(dataset: ClassificationDataset, per_class: int | None) -> np.ndarray:
+    """The fixed evaluation subset: all test images, or ``per_class`` per class (seed 0, sorted)."""
+    if per_class is None:
+        return np.arange(len(dataset.test), dtype=np.int64)
+    if per_class < 1:
+        raise ConfigError(f"test images per class must be >= 1 or None (all), got {per_class}")
+    return stratified_split(dataset.test.labels, per_class=per_class, seed=0)[1]
+
+
+# The name starts with "test": without this, pytest collects it from any test module
+# that imports it and fails looking for fixtures called `dataset` and `per_class`.
+test_indices.__test__ = False  # type: ignore[attr-defined]
+
+
+def fewshot_indices(
+    dataset: ClassificationDataset, shots: int, seed: int, cache_dir: Path | None = None
+) -> np.ndarray:
+    """Sorted indices into ``dataset.train``: ``shots`` images per class, drawn with ``seed``.
+
+    Read from the split file when a valid one exists, otherwise drawn and written.
+    """
+    if shots < 1:
+        raise ConfigError(f"shots must be >= 1, got {shots}")
+    labels = dataset.train.labels
+    counts = np.bincount(labels, minlength=dataset.num_classes)
+    short = [dataset.classnames[c] for c in range(dataset.num_classes) if counts[c] < shots]
+    if short:
+        raise DataError(
+            f"{dataset.name}: class(es) {', '.join(short)} have fewer than {shots} training "
+            f"images (smallest has {counts.min()}): use at most {counts.min()} shots"
+        )
+    directory = cache_dir if cache_dir is not None else tunebench_cache_dir() / "splits"
+    path = directory / split_filename(dataset.name, len(labels), shots, seed)
+    if path.exists():
+        indices = _read_split(path, dataset, shots)
+        if indices is not None:
+            return indices
+    indices = _draw(labels, dataset.num_classes, shots, seed)
+    _write_split(path, dataset, shots, seed, indices)
+    return indices
+
+
+def split_filename(dataset_name: str, pool_size: int, shots: int, seed: int) -> str:
+    """``<name>_<N>pool_<K>shot_seed<S>.json``; names that need sanitising get a short hash
+    so that two folders whose paths sanitise alike do not share a file."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", dataset_name).strip("-.") or "dataset"
+    if safe != dataset_name:
+        safe = f"{safe[-60:]}-{hashlib.sha256(dataset_name.encode()).hexdigest()[:8]}"
+    return f"{safe}_{pool_size}pool_{shots}shot_seed{seed}.json"
+
+
+def _draw(labels: np.ndarray, num_classes: int, shots: int, seed: int) -> np.ndarray:
+    # One generator walks the classes in order; a fresh RandomState(seed) per class would
+    # pick the same relative positions in every class, which correlates the classes.
+    rng = np.random.RandomState(seed)
+    picked = [
+        rng.choice(np.flatnonzero(labels == c), size=shots, replace=False)
+        for c in range(num_classes)
+    ]
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def _read_split(path: Path, dataset: ClassificationDataset, shots: int) -> np.ndarray | None:
+    """The stored indices, or None (with a warning) when the file is unreadable or stale."""
+    problem = None
+    try:
+        record = json.loads(path.read_text())
+        indices = np.asarray(record["indices"], dtype=np.int64)
+        identities = list(record["identities"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        problem = f"unreadable ({type(exc).__name__})"
+    else:
+        labels = dataset.train.labels
+        if indices.ndim != 1 or len(indices) != shots * dataset.num_classes:
+            problem = f"has {indices.size} indices, expected {shots * dataset.num_classes}"
+        elif len(np.unique(indices)) != len(indices):
+            problem = "repeats an index"
+        elif indices.min() < 0 or indices.max() >= len(labels):
+            problem = f"has indices outside 0..{len(labels) - 1}"
+        elif np.any(np.bincount(labels[indices], minlength=dataset.num_classes) != shots):
+            problem = f"does not hold {shots} images of every class"
+        elif identities != [dataset.train.identity(int(i)) for i in indices]:
+            problem = "names other images than the dataset has at those indices"
+    if problem is None:
+        return np.sort(indices)
+    warnings.warn(f"few-shot split file {path} {problem}: drawing the split again", stacklevel=3)
+    return None
+
+
+def _write_split(
+    path: Path, dataset: ClassificationDataset, shots: int, seed: int, indices: np.ndarray
+) -> None:
+    record = {
+        "dataset": dataset.name,
+        "pool_size": len(dataset.train),
+        "shots": shots,
+        "seed": seed,
+        "indices": [int(i) for i in indices],
+        "identities": [dataset.train.identity(int(i)) for i in indices],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write beside the target and rename: a crash or a parallel run never leaves a half file.
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(record, stream, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,120 @@
+"""The method-adapter interface: what a tuning method must say and do.
+
+An adapter wraps a backbone for one task's classes. It decides which parameters
+train (freezing everything else), how class embeddings are produced, and what its
+saveable artifact is. The runner knows no method by name: everything it needs is
+here.
+
+To add a method: one module in ``tunebench/methods/`` with a config dataclass and a
+subclass of ``MethodAdapter`` decorated with ``@METHODS.register("name")``. The
+package imports every module in its folder, so no other file changes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunebench.models.base import VisionLanguageBackbone, count_parameters
+
+
+def hyperparameter(default, help: str):
+    """A config field with a help text (shown by ``tunebench list --verbose``)."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class MethodConfig:
+    """Settings every method has; subclasses add their own fields."""
+
+    lr: float = hyperparameter(1e-3, "peak learning rate (AdamW, cosine schedule)")
+    weight_decay: float = hyperparameter(0.0, "AdamW weight decay")
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclass(frozen=True)
+class ClassPrompts:
+    """What a classification task tells an adapter about its classes."""
+
+    classnames: tuple[str, ...]
+    templates: tuple[str, ...]  # each with one "{}"; templates[0] is the single-prompt choice
+
+    def ensemble(self) -> list[list[str]]:
+        return [[t.format(c) for t in self.templates] for c in self.classnames]
+
+
+class MethodAdapter(nn.Module, ABC):
+    """Base class. Subclasses create their parameters in ``__init__`` after super()."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    # False for methods that use no training data (zero-shot): the sweep then runs
+    # them once per dataset instead of once per shot count and seed.
+    trains: ClassVar[bool] = True
+
+    def __init__(
+        self, backbone: VisionLanguageBackbone, classes: ClassPrompts, config: MethodConfig
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.classes = classes
+        self.config = config
+        backbone.requires_grad_(False)
+
+    # ---- what trains ----------------------------------------------------------------
+    def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def trainable_count(self) -> int:
+        return count_parameters(p for _, p in self.trainable_named_parameters())
+
+    def total_count(self) -> int:
+        """Backbone plus anything the method adds (adapters, prompts, heads)."""
+        return count_parameters(self.parameters())
+
+    def optimizer_groups(self) -> list[dict]:
+        params = [p for _, p in self.trainable_named_parameters()]
+        return [{"params": params, "lr": self.config.lr, "weight_decay": self.config.weight_decay}]
+
+    # ---- forward --------------------------------------------------------------------
+    @abstractmethod
+    def class_embeddings(self) -> torch.Tensor | None:
+        """(C, D) L2-normalised class embeddings in the joint space (None if unused)."""
+
+    def embed_images(self, trunk_features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.backbone.project_image(trunk_features), dim=-1)
+
+    def head(self, image_embeddings: torch.Tensor, class_embeddings: torch.Tensor | None):
+        scale = self.backbone.logit_scale.exp().clamp(max=100.0)
+        return scale * image_embeddings @ class_embeddings.T
+
+    def forward(self, images: torch.Tensor, *, pixels: bool) -> torch.Tensor:
+        """Logits (N, C) from pixels or from cached image-trunk features."""
+        trunk = self.backbone.encode_image_trunk(images) if pixels else images
+        return self.head(self.embed_images(trunk), self.class_embeddings())
+
+    def train(self, mode: bool = True):
+        """Batch norms keep their pretrained statistics: few-shot batches are too small."""
+        super().train(mode)
+        for module in self.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        return self
+
+    # ---- artifact ---------------------------------------------------------------------
+    def artifact(self) -> dict[str, torch.Tensor]:
+        """What must be saved to reproduce the tuned model on top of the backbone."""
+        return {n: p.detach().cpu().contiguous() for n, p in self.trainable_named_parameters()}

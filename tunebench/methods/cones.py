@@ -1,0 +1,37 @@
+"""cones: concept embedding search in the text encoder's *output* space.
+
+One embedding per class, initialised from a single text-encoder pass over the class
+prompts (so step 0 equals zero-shot), then tuned directly. The text encoder is
+never run while tuning: a step costs a matrix product, and the image side comes
+from the frozen-tower feature cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunebench.methods.base import MethodAdapter, MethodConfig, hyperparameter
+from tunebench.methods.zero_shot import prompt_ensemble_embeddings
+from tunebench.registry import METHODS
+
+
+@dataclass
+class ConesConfig(MethodConfig):
+    lr: float = hyperparameter(5e-3, "peak learning rate (AdamW, cosine schedule)")
+
+
+@METHODS.register("cones")
+class Cones(MethodAdapter):
+    summary = "class embeddings learned in text-output space; text encoder not run while tuning"
+    config_class = ConesConfig
+
+    def __init__(self, backbone, classes, config) -> None:
+        super().__init__(backbone, classes, config)
+        self.concepts = nn.Parameter(prompt_ensemble_embeddings(backbone, classes).clone())
+
+    def class_embeddings(self) -> torch.Tensor:
+        return F.normalize(self.concepts, dim=-1)

@@ -1,0 +1,32 @@
+"""full-ft: every parameter of both towers, projections and temperature trains."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from tunebench.methods.base import MethodAdapter, MethodConfig, hyperparameter
+from tunebench.methods.prompts import FixedPrompts
+from tunebench.registry import METHODS
+
+
+@dataclass
+class FullFinetuneConfig(MethodConfig):
+    lr: float = hyperparameter(2e-5, "peak learning rate (AdamW, cosine schedule)")
+    weight_decay: float = hyperparameter(0.01, "AdamW weight decay")
+
+
+@METHODS.register("full-ft")
+class FullFinetune(MethodAdapter):
+    summary = "every backbone parameter trains; images go through the image tower each step"
+    config_class = FullFinetuneConfig
+
+    def __init__(self, backbone, classes, config) -> None:
+        super().__init__(backbone, classes, config)
+        backbone.requires_grad_(True)
+        self.prompts = FixedPrompts(backbone, [classes.templates[0].format(c) for c in classes.classnames])
+
+    def class_embeddings(self) -> torch.Tensor:
+        return F.normalize(self.prompts.encode(self.backbone), dim=-1)

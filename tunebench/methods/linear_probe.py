@@ -1,0 +1,50 @@
+"""linear-probe: a linear classifier on frozen, normalised joint-space image features."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tunebench.methods.base import MethodAdapter, MethodConfig, hyperparameter
+from tunebench.registry import METHODS
+
+
+@dataclass
+class LinearProbeConfig(MethodConfig):
+    lr: float = hyperparameter(1e-2, "peak learning rate (AdamW, cosine schedule)")
+    weight_decay: float = hyperparameter(1e-4, "AdamW weight decay")
+    temperature: float = hyperparameter(
+        0.05, "features are L2-normalised, so logits are scaled by 1/temperature"
+    )
+
+
+@METHODS.register("linear-probe")
+class LinearProbe(MethodAdapter):
+    summary = "linear head (weights + bias) on frozen image features; text unused"
+    config_class = LinearProbeConfig
+
+    def __init__(self, backbone, classes, config) -> None:
+        super().__init__(backbone, classes, config)
+        dim = backbone.image_projection(torch.zeros(1, _trunk_width(backbone))).shape[-1]
+        self.linear = nn.Linear(dim, len(classes.classnames))
+        nn.init.zeros_(self.linear.weight)  # start from uniform predictions
+        nn.init.zeros_(self.linear.bias)
+
+    def class_embeddings(self) -> None:
+        return None
+
+    def head(self, image_embeddings, class_embeddings):
+        return self.linear(image_embeddings) / self.config.temperature
+
+
+def _trunk_width(backbone) -> int:
+    """Input width of the image projection (trunk feature size)."""
+    proj = backbone.image_projection
+    if hasattr(proj, "in_features"):
+        return proj.in_features
+    # Identity projection (e.g. open_clip, whose tower already projects): ask the tower.
+    size = backbone.default_image_size
+    with torch.no_grad():
+        return backbone.encode_image_trunk(torch.zeros(1, 3, size, size)).shape[-1]

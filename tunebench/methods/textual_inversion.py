@@ -1,0 +1,42 @@
+"""textual-inversion: one new input token embedding per class.
+
+Each class gets its own pseudo-word, written into "a photo of a X." in place of the
+class name and initialised from the class name's token embeddings (their mean when
+the name is several tokens). The text encoder runs forward and backward every step.
+Only the new rows train: the count is classes × token width, not the whole table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunebench.methods.base import MethodAdapter, MethodConfig, hyperparameter
+from tunebench.methods.prompts import PLACEHOLDER, SlotPrompts, word_embedding
+from tunebench.registry import METHODS
+
+
+@dataclass
+class TextualInversionConfig(MethodConfig):
+    lr: float = hyperparameter(5e-3, "peak learning rate (AdamW, cosine schedule)")
+
+
+@METHODS.register("textual-inversion")
+class TextualInversion(MethodAdapter):
+    summary = "one new input token per class in 'a photo of a X.'; text encoder fwd+bwd each step"
+    config_class = TextualInversionConfig
+
+    def __init__(self, backbone, classes, config) -> None:
+        super().__init__(backbone, classes, config)
+        template = classes.templates[0]
+        self.prompts = SlotPrompts(
+            backbone, [template.format(PLACEHOLDER)] * len(classes.classnames), 1
+        )
+        init = torch.stack([word_embedding(backbone, c).mean(0) for c in classes.classnames])
+        self.tokens = nn.Parameter(init.clone())  # (C, W): the new embedding rows
+
+    def class_embeddings(self) -> torch.Tensor:
+        return F.normalize(self.prompts.encode(self.backbone, self.tokens.unsqueeze(1)), dim=-1)

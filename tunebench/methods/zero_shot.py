@@ -1,0 +1,35 @@
+"""zero-shot: class prompts through the text encoder once, no training (CLIP's protocol)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tunebench.methods.base import MethodAdapter
+from tunebench.registry import METHODS
+
+
+@torch.no_grad()
+def prompt_ensemble_embeddings(backbone, classes) -> torch.Tensor:
+    """(C, D) normalised mean of each class's normalised template embeddings, in one pass."""
+    prompts = classes.ensemble()
+    flat = [p for per_class in prompts for p in per_class]
+    text = F.normalize(backbone.encode_text(backbone.tokenize(flat)), dim=-1)
+    per_class = text.view(len(prompts), len(prompts[0]), -1).mean(1)
+    return F.normalize(per_class, dim=-1)
+
+
+@METHODS.register("zero-shot")
+class ZeroShot(MethodAdapter):
+    summary = "class-prompt ensemble through the frozen text encoder; no training"
+    trains = False
+
+    def __init__(self, backbone, classes, config) -> None:
+        super().__init__(backbone, classes, config)
+        self.register_buffer("weights", prompt_ensemble_embeddings(backbone, classes))
+
+    def class_embeddings(self) -> torch.Tensor:
+        return self.weights
+
+    def artifact(self) -> dict[str, torch.Tensor]:
+        return {"class_embeddings": self.weights.cpu().contiguous()}

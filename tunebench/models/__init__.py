@@ -1,0 +1,11 @@
+"""Backbones: each module registers its builders in ``tunebench.registry.BACKBONES``.
+
+A builder has the signature ``build(argument, *, pretrained=None) -> VisionLanguageBackbone``.
+"""
+
+from tunebench.models import mini_clip, tiny  # noqa: F401
+
+try:  # open_clip is a hard dependency, but keep `tunebench list` usable without it
+    from tunebench.models import open_clip_backbone  # noqa: F401
+except ImportError:  # pragma: no cover - only when open_clip is not installed
+    pass

@@ -1,0 +1,3 @@
+"""Tasks: each module registers itself in ``tunebench.registry.TASKS``."""
+
+from tunebench.tasks import classification  # noqa: F401
