@@ -59,6 +59,12 @@ class Registry(Generic[T]):
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         return f"unknown {self.kind} {name!r}.{hint} Valid: {', '.join(self.names())}."
 
+    def entry(self, name: str) -> T:
+        """The registered object itself (also for ``prefix:`` entries)."""
+        if name not in self._entries:
+            raise ConfigError(self.unknown_message(name))
+        return self._entries[name]
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 

@@ -23,7 +23,7 @@ def _list(args) -> None:
             print(f"# {kind}")
         registry = registries[kind]
         for name in registry.names():
-            entry = registry.get(name) if not name.endswith(":") else registry.resolve(name + "x")[0]
+            entry = registry.entry(name)
             summary = getattr(entry, "summary", "") or (entry.__doc__ or "").strip().split("\n")[0]
             print(f"{name:20s} {summary}" if args.verbose else name)
             if args.verbose and kind == "methods":
@@ -46,9 +46,11 @@ def _parse_value(text: str):
 
 
 def _run(args) -> None:
-    from tunebench.bench.config import RunConfig, TrainConfig, build_dataclass
+    import dataclasses
+
+    from tunebench.bench.config import RunConfig, TrainConfig, build_dataclass, method_config
     from tunebench.bench.runner import Runner, backbone_version, validate_cells
-    from tunebench.registry import load_all
+    from tunebench.registry import METHODS, load_all
 
     load_all()
     train, method_settings = {}, {}
@@ -63,6 +65,9 @@ def _run(args) -> None:
             method_settings[name] = _parse_value(value)
         else:
             raise ConfigError(f"--set key must start with train. or method., got {key!r}")
+    method_settings = dataclasses.asdict(
+        method_config(METHODS.get(args.method), method_settings, f"method.{args.method}")
+    )
     config = RunConfig(
         task=args.task, dataset=args.dataset, method=args.method, backbone=args.backbone,
         shots=args.shots, seed=args.seed, train=build_dataclass(TrainConfig, train, "train"),

@@ -74,9 +74,11 @@ class RunConfig:
 
 def build_dataclass(cls, values: dict | None, where: str):
     """Instantiate a config dataclass from a dict, naming unknown and invalid fields."""
-    values = dict(values or {})
+    if values is None:
+        values = {}
     if not isinstance(values, dict):
-        raise ConfigError(f"{where} must be a mapping, got {type(values).__name__}")
+        raise ConfigError(f"{where} must be a mapping of settings, got {type(values).__name__}")
+    values = dict(values)
     valid = [f.name for f in fields(cls)]
     unknown = sorted(set(values) - set(valid))
     if unknown:

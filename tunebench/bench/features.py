@@ -9,6 +9,7 @@ concurrent runs never corrupt a cache file.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import re
 import tempfile
@@ -44,8 +45,16 @@ class FeatureCache:
         self.root = Path(root)
         self.seconds_computing = 0.0  # time spent on features that were not cached yet
 
-    def file_for(self, backbone: VisionLanguageBackbone, dataset: str, split: str, size: int) -> Path:
-        name = f"{_safe(backbone.content_id)}__{_safe(dataset)}__{split}__{size}px.safetensors"
+    def file_for(
+        self, backbone: VisionLanguageBackbone, source: ImageSource, dataset: str, split: str, size: int
+    ) -> Path:
+        # Indices only mean something for one exact list of images: the key carries a
+        # fingerprint of the source (full name, size, first and last image), so a folder
+        # that gained files, or two long names that shorten alike, never share a file.
+        last = len(source) - 1
+        fingerprint = "|".join([dataset, split, str(len(source)), source.identity(0), source.identity(last)])
+        digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:10]
+        name = f"{_safe(backbone.content_id)}__{_safe(dataset)}-{digest}__{split}__{size}px.safetensors"
         return self.root / name
 
     def _read(self, path: Path) -> tuple[np.ndarray, torch.Tensor | None]:
@@ -75,7 +84,7 @@ class FeatureCache:
         """Trunk features (len(indices), F) in the order of ``indices``."""
         from safetensors.torch import save_file
 
-        path = self.file_for(backbone, dataset, split, image_size)
+        path = self.file_for(backbone, source, dataset, split, image_size)
         indices = np.asarray(indices, dtype=np.int64)
         with _locked(path):
             have, features = self._read(path)
@@ -94,6 +103,8 @@ class FeatureCache:
                 save_file({"indices": torch.from_numpy(have), "features": features.contiguous()}, tmp)
                 os.replace(tmp, path)
         rows = np.searchsorted(have, indices)
+        if not np.array_equal(have[np.minimum(rows, len(have) - 1)], indices):
+            raise RuntimeError(f"feature cache {path} lacks requested rows; delete it and rerun")
         return features[torch.from_numpy(rows)]
 
 

@@ -38,6 +38,21 @@ class Stopwatch:
             self.seconds += time.perf_counter() - start
 
 
+def release_free_memory() -> None:
+    """Hand freed heap back to the OS between runs, so one run's RSS peak does not
+    carry over into the next run's measurement (glibc keeps freed memory otherwise)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -55,14 +70,16 @@ class PeakMemory:
         self.device = device
         self.interval = interval
         self.peak_bytes = 0
+        self.start_bytes = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.start_bytes = torch.cuda.memory_allocated(self.device)
         elif Path("/proc/self/statm").exists():
-            self.peak_bytes = _rss_bytes()
+            self.start_bytes = self.peak_bytes = _rss_bytes()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
@@ -86,6 +103,11 @@ class PeakMemory:
     @property
     def megabytes(self) -> float:
         return round(self.peak_bytes / 2**20, 1)
+
+    @property
+    def increase_megabytes(self) -> float:
+        """Peak above what was resident when the run started (backbone, caches, earlier runs)."""
+        return round(max(0, self.peak_bytes - self.start_bytes) / 2**20, 1)
 
 
 _PACKAGES = ("torch", "torchvision", "timm", "transformers", "open_clip_torch", "numpy", "tunebench")

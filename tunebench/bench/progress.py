@@ -8,8 +8,11 @@ import sys
 from tqdm.auto import tqdm
 
 
-def progress(iterable=None, **kwargs):
+def progress(iterable=None, *, inner: bool = False, **kwargs):
+    """A tqdm bar; ``inner`` bars (steps within one run) are shown in a terminal only."""
     interactive = sys.stderr.isatty()
+    if inner and not interactive:
+        kwargs["disable"] = True
     kwargs.setdefault("mininterval", 0.5 if interactive else 30.0)
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("disable", os.environ.get("TUNEBENCH_NO_PROGRESS") == "1")

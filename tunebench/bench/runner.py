@@ -18,11 +18,11 @@ import torch
 
 from tunebench.bench.config import RunConfig
 from tunebench.bench.features import FeatureCache
-from tunebench.bench.measure import PeakMemory, environment
+from tunebench.bench.measure import PeakMemory, environment, release_free_memory
 from tunebench.bench.progress import progress
 from tunebench.bench.store import RunStore
 from tunebench.bench.training import resolve_device, seed_everything
-from tunebench.errors import TunebenchError
+from tunebench.errors import ConfigError, DataError, TunebenchError
 from tunebench.paths import tunebench_cache_dir
 from tunebench.registry import BACKBONES, METHODS, TASKS
 from tunebench.tasks.base import TaskContext
@@ -91,14 +91,15 @@ class Runner:
         }
         memory = PeakMemory(device)
         try:
+            pristine = self._pristine_backbone(config)  # before seeding: its build uses the RNG
+            release_free_memory()
             with memory:
                 seed_everything(config.seed)
-                backbone = copy.deepcopy(self._pristine_backbone(config)).to(device)
+                backbone = copy.deepcopy(pristine).to(device)
                 context = TaskContext(backbone=backbone, device=device, features=self.features)
                 result = task.run(config, context)
             adapter = result.adapter
             record.update(
-                status="ok",
                 backbone_content_id=backbone.content_id,
                 train_seconds=round(result.train_seconds, 4),
                 eval_seconds=round(result.eval_seconds, 4),
@@ -117,12 +118,16 @@ class Runner:
             )
             if config.train.save_artifacts:
                 record["artifact"] = self._save_artifact(key, adapter)
-        except KeyboardInterrupt:
-            raise  # an interrupted cell is not a result: the rerun redoes it
+            record["status"] = "ok"
+        except (KeyboardInterrupt, ConfigError, DataError):
+            # Not results: an interrupted cell is redone on rerun, and bad input (a
+            # corrupt image, a wrong setting) stops with one line before anything is stored.
+            raise
         except Exception as exc:  # a failing cell is recorded, and the sweep goes on
             record["error"] = describe_error(exc)
             record["traceback"] = traceback.format_exc(limit=8)
         record["peak_memory_mb"] = memory.megabytes
+        record["peak_memory_increase_mb"] = memory.increase_megabytes
         record["peak_memory_kind"] = memory.kind
         record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         record["env"] = environment(device)
@@ -144,8 +149,11 @@ class Runner:
         path = self.store.artifacts_dir / f"{key}.safetensors"
         fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
         os.close(fd)
-        save_file(tensors, tmp)
-        os.replace(tmp, path)
+        try:
+            save_file(tensors, tmp)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
         return {"path": str(path.relative_to(self.store.results_dir)), "bytes": path.stat().st_size,
                 "tensors": len(tensors)}
 

@@ -15,6 +15,7 @@ Example (see bench.yaml for the default)::
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -78,8 +79,10 @@ def expand(sweep: SweepConfig) -> list[RunConfig]:
     cells = []
     for method in sweep.methods:
         method_cls = METHODS.get(method)
-        settings = sweep.method_config.get(method) or {}
-        method_config(method_cls, settings, f"method_config.{method}")  # validate early
+        # Resolved settings, defaults included: changing a default makes new cells.
+        settings = dataclasses.asdict(
+            method_config(method_cls, sweep.method_config.get(method), f"method_config.{method}")
+        )
         grid = [(s, seed) for s in sweep.shots for seed in sweep.seeds] if method_cls.trains else [(0, 0)]
         for dataset in sweep.datasets:
             for shots, seed in grid:

@@ -82,7 +82,7 @@ def train_classifier(
     cursor = 0
     adapter.train()
     loss_value = float("nan")
-    for step in progress(range(config.steps), desc=label, unit="step"):
+    for step in progress(range(config.steps), desc=label, unit="step", inner=True):
         if cursor + batch > len(order):  # a new epoch: reshuffle
             order, cursor = torch.randperm(len(labels), generator=generator), 0
         index = order[cursor : cursor + batch]

@@ -107,11 +107,15 @@ class MethodAdapter(nn.Module, ABC):
         return self.head(self.embed_images(trunk), self.class_embeddings())
 
     def train(self, mode: bool = True):
-        """Batch norms keep their pretrained statistics: few-shot batches are too small."""
+        """Only the method's own modules switch to training mode.
+
+        The backbone stays in eval mode for every method: batch norms keep their
+        pretrained statistics (few-shot batches are too small to estimate them) and
+        dropout stays off, so a frozen encoder is the same function at every step and
+        methods differ only in what they train, not in regularisation noise.
+        """
         super().train(mode)
-        for module in self.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
+        self.backbone.eval()
         return self
 
     # ---- artifact ---------------------------------------------------------------------

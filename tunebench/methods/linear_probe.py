@@ -27,7 +27,8 @@ class LinearProbe(MethodAdapter):
 
     def __init__(self, backbone, classes, config) -> None:
         super().__init__(backbone, classes, config)
-        dim = backbone.image_projection(torch.zeros(1, _trunk_width(backbone))).shape[-1]
+        device = next(backbone.parameters()).device
+        dim = backbone.image_projection(torch.zeros(1, _trunk_width(backbone), device=device)).shape[-1]
         self.linear = nn.Linear(dim, len(classes.classnames))
         nn.init.zeros_(self.linear.weight)  # start from uniform predictions
         nn.init.zeros_(self.linear.bias)
@@ -47,4 +48,5 @@ def _trunk_width(backbone) -> int:
     # Identity projection (e.g. open_clip, whose tower already projects): ask the tower.
     size = backbone.default_image_size
     with torch.no_grad():
-        return backbone.encode_image_trunk(torch.zeros(1, 3, size, size)).shape[-1]
+        device = next(backbone.parameters()).device
+        return backbone.encode_image_trunk(torch.zeros(1, 3, size, size, device=device)).shape[-1]

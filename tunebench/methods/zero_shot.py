@@ -32,4 +32,4 @@ class ZeroShot(MethodAdapter):
         return self.weights
 
     def artifact(self) -> dict[str, torch.Tensor]:
-        return {"class_embeddings": self.weights.cpu().contiguous()}
+        return {"weights": self.weights.cpu().contiguous()}

@@ -21,7 +21,7 @@ _BERT_GROUPS = {
     "projection": (r"^image_projection\.", r"^text_projection\."),
     # Transformer layer norms, as in LiT/LilT; the CNN's batch norms are not included.
     "layernorm": (r"^text_tower\..*LayerNorm\.",),
-    "bias": (r"^text_tower\..*\.bias$", r"^image_projection\.bias$"),
+    "bias": (r"^text_tower\..*\.bias$", r"^image_projection\.bias$", r"^image_tower\..*\.bias$"),
     "attention": (r"^text_tower\.encoder\.layer\.\d+\.attention\.",),
 }
 
