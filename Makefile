@@ -43,7 +43,7 @@ report: setup
 	$(PY) -m tunebench report --results $(RESULTS)
 
 test: setup
-	TUNEBENCH_NO_PROGRESS=1 $(PY) -m pytest -q -p no:cacheprovider
+	TUNEBENCH_NO_PROGRESS=1 $(PY) -m pytest -p no:cacheprovider
 
 lint: setup
 	$(VENV)/bin/ruff check tunebench tests
