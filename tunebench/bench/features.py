@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import os
 import re
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +19,7 @@ import numpy as np
 import torch
 
 from tunebench.bench.progress import progress
+from tunebench.bench.store import atomic_output
 from tunebench.datasets.base import ImageSource
 from tunebench.models.base import VisionLanguageBackbone
 
@@ -98,10 +97,8 @@ class FeatureCache:
                 features = new if features is None else torch.cat([features, new])
                 order = np.argsort(have)
                 have, features = have[order], features[torch.from_numpy(order)]
-                fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
-                os.close(fd)
-                save_file({"indices": torch.from_numpy(have), "features": features.contiguous()}, tmp)
-                os.replace(tmp, path)
+                with atomic_output(path) as tmp:
+                    save_file({"indices": torch.from_numpy(have), "features": features.contiguous()}, tmp)
         rows = np.searchsorted(have, indices)
         if not np.array_equal(have[np.minimum(rows, len(have) - 1)], indices):
             raise RuntimeError(f"feature cache {path} lacks requested rows; delete it and rerun")

@@ -20,7 +20,7 @@ from tunebench.bench.config import RunConfig
 from tunebench.bench.features import FeatureCache
 from tunebench.bench.measure import PeakMemory, environment, release_free_memory
 from tunebench.bench.progress import progress
-from tunebench.bench.store import RunStore
+from tunebench.bench.store import RunStore, atomic_output
 from tunebench.bench.training import resolve_device, seed_everything
 from tunebench.errors import ConfigError, DataError, TunebenchError
 from tunebench.paths import tunebench_cache_dir
@@ -139,21 +139,12 @@ class Runner:
         return record
 
     def _save_artifact(self, key: str, adapter) -> dict:
-        import os
-        import tempfile
-
         from safetensors.torch import save_file
 
         tensors = adapter.artifact()
-        self.store.artifacts_dir.mkdir(parents=True, exist_ok=True)
         path = self.store.artifacts_dir / f"{key}.safetensors"
-        fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_output(path) as tmp:
             save_file(tensors, tmp)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
         return {"path": str(path.relative_to(self.store.results_dir)), "bytes": path.stat().st_size,
                 "tensors": len(tensors)}
 

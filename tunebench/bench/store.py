@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 REQUIRED_KEYS = (
@@ -17,6 +18,19 @@ REQUIRED_KEYS = (
     "config_hash", "train_seconds", "eval_seconds", "trainable_params", "total_params",
     "peak_memory_mb", "images_per_second", "metrics", "env",
 )
+
+
+@contextmanager
+def atomic_output(path: Path):
+    """Yield a temporary path beside ``path``; rename it over ``path`` only on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
