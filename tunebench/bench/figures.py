@@ -109,12 +109,14 @@ def _reference_line(ax, cell: Cell, colour: str, label: str):
     return ax.axhline(y, color=colour, linestyle="--", linewidth=1.4, label=label)
 
 
-def _finish(fig: Figure, handles: dict, order: Callable, path: Path, title: str) -> None:
+def _finish(
+    fig: Figure, handles: dict, order: Callable, path: Path, title: str, legend_title: str = "Method"
+) -> None:
     methods = sorted(handles, key=order)
     fig.suptitle(f"{title}\nmean ± 1 sample std over seeds", fontsize=12, linespacing=1.4)
     fig.legend(
         [handles[m] for m in methods], methods, loc="outside right upper",
-        title="Method", frameon=False,
+        title=legend_title, frameon=False,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(

@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunebench.bench import figures
+from tunebench.bench import figures, figures_align, report_align
 from tunebench.bench.store import REQUIRED_KEYS, atomic_write_text
 from tunebench.errors import TunebenchError
 
@@ -104,6 +104,8 @@ def _problem(run, metric: str) -> str | None:
     for key in ("task", "dataset", "method", "backbone"):
         if not isinstance(run[key], str):
             return f"{key} is not a string"
+    if run["task"] == report_align.TASK:  # align runs are judged by retrieval, not top-1
+        metric = report_align.METRIC
     for key in ("shots", "seed"):
         if not isinstance(run[key], int) or isinstance(run[key], bool):
             return f"{key} is not an integer"
@@ -402,7 +404,8 @@ def _failed_section(failed, skipped) -> list[str]:
 
 
 def render_markdown(
-    cells: list[Cell], runs: Runs, figure_links: list[tuple[str, str]], *, reference: str, metric: str
+    cells: list[Cell], runs: Runs, figure_links: list[tuple[str, str]], *, reference: str, metric: str,
+    align_lines: list[str] = (),
 ) -> str:
     lines = [
         "# tunebench results", "",
@@ -419,7 +422,7 @@ def render_markdown(
         "runs differ in hardware or versions, the distinct values are joined by ' / '.", "",
         *_environment_lines(runs.ok or runs.failed), "",
     ]
-    if not cells:
+    if not cells and not align_lines:
         lines += ["No successful runs yet.", ""]
     groups: dict[tuple, list[Cell]] = defaultdict(list)
     for c in cells:
@@ -432,6 +435,7 @@ def render_markdown(
     if figure_links:
         lines += ["## Figures", ""]
         lines += [f"![{title}]({link})\n" for title, link in figure_links]
+    lines += align_lines
     lines += _failed_section(runs.failed, runs.skipped)
     return "\n".join(lines).rstrip("\n") + "\n"
 
@@ -442,13 +446,23 @@ def build_report(
     """Rebuild ``summary.csv``, ``report.md`` and ``figures/`` from ``results_dir/runs``."""
     results_dir = Path(results_dir)
     runs = load_runs(results_dir / "runs", metric=metric)
-    cells = summarise(runs.ok, metric)
+    align_runs = [r for r in runs.ok if r["task"] == report_align.TASK]
+    cells = summarise([r for r in runs.ok if r["task"] != report_align.TASK], metric)
     summary_csv = results_dir / "summary.csv"
     write_summary_csv(cells, summary_csv, metric)
     written = figures.write_figures(cells, results_dir / "figures", metric=metric, method_key=method_sort_key)
     links = [(title, path.relative_to(results_dir).as_posix()) for title, path in written]
+    # The alignment track gets its own tables, CSV and figures, only when it has runs, so a
+    # classification-only store gives the same files as before the track existed.
+    align_cells = report_align.summarise(align_runs)
+    align_written = figures_align.write_figures(align_cells, results_dir / "figures")
+    align_links = [(title, path.relative_to(results_dir).as_posix()) for title, path in align_written]
+    written += align_written
+    if align_cells:
+        report_align.write_summary_csv(align_cells, results_dir / "summary_align.csv")
     report_md = results_dir / "report.md"
-    atomic_write_text(
-        report_md, render_markdown(cells, runs, links, reference=reference_method, metric=metric)
-    )
+    atomic_write_text(report_md, render_markdown(
+        cells, runs, links, reference=reference_method, metric=metric,
+        align_lines=report_align.render_section(align_cells, align_links),
+    ))
     return ReportFiles(summary_csv, report_md, tuple(path for _, path in written))

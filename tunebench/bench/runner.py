@@ -23,8 +23,9 @@ from tunebench.bench.progress import progress
 from tunebench.bench.store import RunStore, atomic_output
 from tunebench.bench.training import resolve_device, seed_everything
 from tunebench.errors import ConfigError, DataError, TunebenchError
+from tunebench.methods.base import resolve_method
 from tunebench.paths import tunebench_cache_dir
-from tunebench.registry import BACKBONES, METHODS, TASKS
+from tunebench.registry import BACKBONES, TASKS
 from tunebench.tasks.base import TaskContext
 
 
@@ -51,6 +52,15 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}"
 
 
+def store_record(store: RunStore, record: dict, label: str) -> None:
+    """Write a cell's record, unless it is a failed rerun of a finished cell (kept as is)."""
+    if record["status"] == "failed" and store.is_finished(record["config_hash"]):
+        print(f"rerun of {label} failed ({record['error']}); the stored result is kept",
+              file=sys.stderr)
+        return
+    store.write(record)
+
+
 @dataclass
 class SweepSummary:
     ok: list[str] = field(default_factory=list)
@@ -72,8 +82,11 @@ class Runner:
             self._backbones[key] = builder(argument, pretrained=config.pretrained).eval()
         return self._backbones[key]
 
-    def run(self, config: RunConfig) -> dict | None:
-        """Run one cell; returns its record, or None when it was already finished."""
+    def run(self, config: RunConfig, *, write: bool = True) -> dict | None:
+        """Run one cell; returns its record, or None when it was already finished.
+
+        ``write=False`` only returns the record: a remote executor's driver stores it.
+        """
         key = config.config_hash
         if self.store.is_finished(key) and not self.force:
             return None
@@ -131,11 +144,8 @@ class Runner:
         record["peak_memory_kind"] = memory.kind
         record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         record["env"] = environment(device)
-        if record["status"] == "failed" and self.store.is_finished(key):
-            print(f"rerun of {config.label} failed ({record['error']}); the stored result is kept",
-                  file=sys.stderr)
-            return record
-        self.store.write(record)
+        if write:
+            store_record(self.store, record, config.label)
         return record
 
     def _save_artifact(self, key: str, adapter) -> dict:
@@ -153,7 +163,7 @@ def validate_cells(configs: list[RunConfig]) -> None:
     """Fail before anything runs when a cell names something unknown."""
     for config in configs:
 
-        METHODS.get(config.method)
+        resolve_method(config.method)
         BACKBONES.resolve(config.backbone)
         TASKS.get(config.task)().validate(config)
 

@@ -11,6 +11,11 @@ Example (see bench.yaml for the default)::
     train: {steps: 100, batch_size: 16}
     method_config:
       coop: {n_ctx: 4}
+
+A method may name a variant after a colon (``lit:bitfit`` is ``lit`` with
+``preset: bitfit``); its settings are those of ``method_config.lit`` overlaid with
+those of ``method_config["lit:bitfit"]``. ``backbone`` may be a list: every cell
+then runs on each backbone (the model-size axis).
 """
 
 from __future__ import annotations
@@ -21,10 +26,17 @@ from pathlib import Path
 
 import yaml
 
-from tunebench.bench.config import RunConfig, TrainConfig, build_dataclass, method_config
+from tunebench.bench.config import (
+    RunConfig,
+    TrainConfig,
+    build_dataclass,
+    method_config,
+    task_config,
+)
 from tunebench.bench.runner import backbone_version
 from tunebench.errors import ConfigError
-from tunebench.registry import METHODS
+from tunebench.methods.base import resolve_method
+from tunebench.registry import TASKS
 
 
 @dataclass(frozen=True)
@@ -34,10 +46,11 @@ class SweepConfig:
     shots: list
     seeds: list
     task: str = "fewshot-cls"
-    backbone: str = "mini-clip"
+    backbone: str | list = "mini-clip"
     pretrained: str | None = None
     train: dict = field(default_factory=dict)
     method_config: dict = field(default_factory=dict)
+    task_config: dict = field(default_factory=dict)
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -49,9 +62,16 @@ class SweepConfig:
             raise ConfigError(f"'shots' must be positive integers, got {self.shots}")
         if not all(isinstance(s, int) for s in self.seeds):
             raise ConfigError(f"'seeds' must be integers, got {self.seeds}")
-        stray = sorted(set(self.method_config) - set(self.methods))
+        named = set(self.methods) | {m.partition(":")[0] for m in self.methods}
+        stray = sorted(set(self.method_config) - named)
         if stray:
             raise ConfigError(f"method_config names methods not in 'methods': {stray}")
+        if not self.backbones or not all(isinstance(b, str) and b for b in self.backbones):
+            raise ConfigError(f"'backbone' must be a name or a non-empty list of names, got {self.backbone!r}")
+
+    @property
+    def backbones(self) -> list[str]:
+        return [self.backbone] if isinstance(self.backbone, str) else list(self.backbone)
 
 
 def load_sweep(path: Path) -> SweepConfig:
@@ -75,20 +95,34 @@ def load_sweep(path: Path) -> SweepConfig:
 def expand(sweep: SweepConfig) -> list[RunConfig]:
     """All cells, in a stable order. Methods that use no training data run once per dataset."""
     train = build_dataclass(TrainConfig, sweep.train, "train")
-    version = backbone_version(sweep.backbone, sweep.pretrained)
+    task_settings = task_config(TASKS.get(sweep.task), sweep.task_config)
     cells = []
-    for method in sweep.methods:
-        method_cls = METHODS.get(method)
-        # Resolved settings, defaults included: changing a default makes new cells.
-        settings = dataclasses.asdict(
-            method_config(method_cls, sweep.method_config.get(method), f"method_config.{method}")
-        )
-        grid = [(s, seed) for s in sweep.shots for seed in sweep.seeds] if method_cls.trains else [(0, 0)]
-        for dataset in sweep.datasets:
-            for shots, seed in grid:
-                cells.append(RunConfig(
-                    task=sweep.task, dataset=dataset, method=method, backbone=sweep.backbone,
-                    shots=shots, seed=seed, train=train, method_config=dict(settings),
-                    pretrained=sweep.pretrained, backbone_version=version,
-                ))
+    for backbone in sweep.backbones:
+        version = backbone_version(backbone, sweep.pretrained)
+        for method in sweep.methods:
+            method_cls, settings = resolved_method_settings(sweep, method)
+            grid = [(s, seed) for s in sweep.shots for seed in sweep.seeds] if method_cls.trains else [(0, 0)]
+            for dataset in sweep.datasets:
+                for shots, seed in grid:
+                    cells.append(RunConfig(
+                        task=sweep.task, dataset=dataset, method=method, backbone=backbone,
+                        shots=shots, seed=seed, train=train, method_config=dict(settings),
+                        pretrained=sweep.pretrained, backbone_version=version,
+                        task_config=dict(task_settings),
+                    ))
     return cells
+
+
+def resolved_method_settings(sweep: SweepConfig, method: str) -> tuple[type, dict]:
+    """The method's class and every setting, defaults included (so that changing a
+    default makes new cells instead of silently reusing old ones)."""
+    method_cls, variant = resolve_method(method)
+    base = method.partition(":")[0]
+    values = dict(sweep.method_config.get(base) or {})
+    if method != base:
+        values.update(sweep.method_config.get(method) or {})
+    for key, value in variant.items():
+        if key in values and values[key] != value:
+            raise ConfigError(f"method {method!r} sets {key}={value!r} but method_config gives {values[key]!r}")
+    values.update(variant)
+    return method_cls, dataclasses.asdict(method_config(method_cls, values, f"method_config.{method}"))

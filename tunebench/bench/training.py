@@ -57,6 +57,21 @@ class TrainOutcome:
     final_loss: float
 
 
+def optimizer_step(loss, optimizer, scheduler, params, *, grad_clip: float, step: int) -> float:
+    """One update from ``loss``: refuse a non-finite loss, clip, step; returns the loss."""
+    if not torch.isfinite(loss):
+        raise NonFiniteLoss(
+            f"loss became {loss.item()} at step {step}: lower this method's lr in method_config"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return loss.item()
+
+
 def train_classifier(
     adapter,
     inputs: torch.Tensor,
@@ -92,16 +107,6 @@ def train_classifier(
         with autocast_for(device, config.precision):
             logits = adapter(x, pixels=pixels)
         loss = F.cross_entropy(logits.float(), y)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(
-                f"loss became {loss.item()} at step {step}: lower this method's lr in method_config"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        loss_value = loss.item()
+        loss_value = optimizer_step(loss, optimizer, scheduler, params, grad_clip=config.grad_clip, step=step)
     adapter.eval()
     return TrainOutcome(steps=config.steps, images_seen=config.steps * batch, final_loss=loss_value)

@@ -9,7 +9,15 @@ from __future__ import annotations
 import functools
 
 # Imported for their registrations.
-from tunebench.datasets import animal_mnist, fashion_mnist, imagefolder, textile, tiny  # noqa: F401
+from tunebench.datasets import (  # noqa: F401
+    animal_mnist,
+    fashion_captions,
+    fashion_mnist,
+    imagefolder,
+    scenes,
+    textile,
+    tiny,
+)
 from tunebench.datasets.base import ClassificationDataset
 from tunebench.datasets.fewshot import fewshot_indices, test_indices
 from tunebench.errors import ConfigError

@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunebench.errors import ConfigError
 from tunebench.models.base import VisionLanguageBackbone, count_parameters
+from tunebench.registry import METHODS
 
 
 def hyperparameter(default, help: str):
@@ -64,6 +66,12 @@ class MethodAdapter(nn.Module, ABC):
     # False for methods that use no training data (zero-shot): the sweep then runs
     # them once per dataset instead of once per shot count and seed.
     trains: ClassVar[bool] = True
+    # A config field that a method name may set after a colon: ``lit:bitfit`` is
+    # ``lit`` with ``preset: bitfit``, so one sweep can compare variants side by side.
+    variant_field: ClassVar[str | None] = None
+    # True for methods that train tower weights rather than class embeddings, and so
+    # can align towers from captions (the align task); class-embedding methods cannot.
+    tunes_towers: ClassVar[bool] = False
 
     def __init__(
         self, backbone: VisionLanguageBackbone, classes: ClassPrompts, config: MethodConfig
@@ -122,3 +130,14 @@ class MethodAdapter(nn.Module, ABC):
     def artifact(self) -> dict[str, torch.Tensor]:
         """What must be saved to reproduce the tuned model on top of the backbone."""
         return {n: p.detach().cpu().contiguous() for n, p in self.trainable_named_parameters()}
+
+
+def resolve_method(name: str) -> tuple[type[MethodAdapter], dict]:
+    """``cones`` -> (Cones, {}); ``lit:bitfit`` -> (Lit, {"preset": "bitfit"})."""
+    base, _, variant = name.partition(":")
+    method_cls = METHODS.get(base)
+    if not variant:
+        return method_cls, {}
+    if method_cls.variant_field is None:
+        raise ConfigError(f"method {base!r} has no variants: write {base!r} without ':{variant}'")
+    return method_cls, {method_cls.variant_field: variant}

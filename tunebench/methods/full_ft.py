@@ -22,6 +22,7 @@ class FullFinetuneConfig(MethodConfig):
 class FullFinetune(MethodAdapter):
     summary = "every backbone parameter trains; images go through the image tower each step"
     config_class = FullFinetuneConfig
+    tunes_towers = True
 
     def __init__(self, backbone, classes, config) -> None:
         super().__init__(backbone, classes, config)

@@ -4,7 +4,15 @@ Which parameters train is data: a list of group names that the backbone resolves
 to parameter-name patterns, plus optional bottleneck adapters (LilT: a down- and
 up-projection with reduction 4 after each text transformer block, the up-projection
 zero-initialised so tuning starts from the pretrained function). The image tower is
-locked by default, as in LiT, which also lets the runner use cached image features.
+locked unless the groups name it (preset ``all``), as in LiT, which also lets the
+runner use cached image features.
+
+The presets are the unfreezing ladder of the LilT study: ``projection`` (both towers
+frozen), then + ``layernorm``, + ``bias`` (BitFit), + ``attention``, ``lilt``
+(bottleneck adapters + LayerNorms), ``lit`` (locked image, free text tower) and
+``all`` (everything, CLIP-style). Pretrained tower weights may take a smaller learning
+rate than the new parts (``pretrained_lr``): projections and adapters start random or
+at zero, while a pretrained encoder is easily pushed off what it knows.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ PRESETS: dict[str, list[str]] = {
     "attention": ["attention", "projection"],
     "projection": ["projection"],
     "lit": ["text_tower", "projection"],  # LiT: image locked, text tower free
+    "all": ["image_tower", "text_tower", "projection"],  # CLIP-style: nothing locked
+    "norms": ["layernorm", "image_norm", "projection"],  # LilT's "+LayerNorms", both towers
 }
 
 
@@ -36,8 +46,11 @@ class LitConfig(MethodConfig):
     lr: float = hyperparameter(1e-3, "peak learning rate (AdamW, cosine schedule)")
     preset: str = hyperparameter("lilt", f"named group list, one of {sorted(PRESETS)}")
     groups: list = hyperparameter([], "explicit groups (overrides preset): " + ", ".join(GROUP_NAMES + (ADAPTER,)))
-    lock_image_tower: bool = hyperparameter(True, "never train image-tower parameters (LiT)")
+    lock_image_tower: bool | None = hyperparameter(
+        None, "never train image-tower parameters (null: locked unless the groups name image_tower or image_norm)")
     adapter_reduction: int = hyperparameter(4, "bottleneck adapter width = text width / reduction")
+    pretrained_lr: float | None = hyperparameter(
+        None, "learning rate for pretrained tower weights (null: same as lr); projections, adapters use lr")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -48,10 +61,21 @@ class LitConfig(MethodConfig):
             raise ValueError(f"unknown groups {sorted(unknown)}; valid: {', '.join(GROUP_NAMES + (ADAPTER,))}")
         if self.adapter_reduction < 1:
             raise ValueError("adapter_reduction must be >= 1")
+        if self.pretrained_lr is not None and not self.pretrained_lr > 0:
+            raise ValueError(f"pretrained_lr must be positive or null, got {self.pretrained_lr}")
+        named = {"image_tower", "image_norm"} & set(self.resolved_groups)
+        if self.lock_image_tower and named:
+            raise ValueError(f"the groups name {sorted(named)} but lock_image_tower is true: drop one")
 
     @property
     def resolved_groups(self) -> list[str]:
         return list(self.groups) if self.groups else PRESETS[self.preset]
+
+    @property
+    def image_tower_locked(self) -> bool:
+        if self.lock_image_tower is None:
+            return not {"image_tower", "image_norm"} & set(self.resolved_groups)
+        return self.lock_image_tower
 
 
 class BottleneckAdapter(nn.Module):
@@ -81,6 +105,8 @@ def _adapt_output(adapter: BottleneckAdapter):
 class Lit(MethodAdapter):
     summary = "partial unfreezing by named groups (presets: " + ", ".join(PRESETS) + ")"
     config_class = LitConfig
+    variant_field = "preset"
+    tunes_towers = True  # can run the align task: what it trains is inside the towers
 
     def __init__(self, backbone, classes, config) -> None:
         super().__init__(backbone, classes, config)
@@ -91,7 +117,7 @@ class Lit(MethodAdapter):
             if group == ADAPTER:
                 continue
             for name in backbone.parameter_group(group):
-                if config.lock_image_tower and name in image_names:
+                if config.image_tower_locked and name in image_names:
                     continue
                 parameters[name].requires_grad_(True)
         self.adapters = nn.ModuleList()
@@ -100,7 +126,25 @@ class Lit(MethodAdapter):
                 adapter = BottleneckAdapter(backbone.text_width, config.adapter_reduction)
                 block.register_forward_hook(_adapt_output(adapter))
                 self.adapters.append(adapter)
-        self.prompts = FixedPrompts(backbone, [classes.templates[0].format(c) for c in classes.classnames])
+        # Tasks without classes (align) pass none: the adapter then only tunes the towers.
+        self.prompts = (
+            FixedPrompts(backbone, [classes.templates[0].format(c) for c in classes.classnames])
+            if classes.classnames else None
+        )
 
-    def class_embeddings(self) -> torch.Tensor:
+    def class_embeddings(self) -> torch.Tensor | None:
+        if self.prompts is None:
+            return None
         return F.normalize(self.prompts.encode(self.backbone), dim=-1)
+
+    def optimizer_groups(self) -> list[dict]:
+        if self.config.pretrained_lr is None:
+            return super().optimizer_groups()
+        towers = ("backbone.image_tower.", "backbone.text_tower.")
+        pretrained, new = [], []
+        for name, parameter in self.trainable_named_parameters():
+            (pretrained if name.startswith(towers) else new).append(parameter)
+        decay = self.config.weight_decay
+        groups = [{"params": new, "lr": self.config.lr, "weight_decay": decay},
+                  {"params": pretrained, "lr": self.config.pretrained_lr, "weight_decay": decay}]
+        return [g for g in groups if g["params"]]

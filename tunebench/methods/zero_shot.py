@@ -26,7 +26,10 @@ class ZeroShot(MethodAdapter):
 
     def __init__(self, backbone, classes, config) -> None:
         super().__init__(backbone, classes, config)
-        self.register_buffer("weights", prompt_ensemble_embeddings(backbone, classes))
+        # A task without classes (align) evaluates the backbone as it is: no weights.
+        weights = (prompt_ensemble_embeddings(backbone, classes) if classes.classnames
+                   else torch.empty(0, 0))
+        self.register_buffer("weights", weights)
 
     def class_embeddings(self) -> torch.Tensor:
         return self.weights

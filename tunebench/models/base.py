@@ -26,7 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 # Parameter groups every backbone names. `lit` presets are lists of these names.
-GROUP_NAMES = ("image_tower", "text_tower", "projection", "layernorm", "bias", "attention")
+# "image_norm" is the image tower's normalisation layers (LayerNorms of a ViT, the
+# BatchNorm scales and shifts of a CNN): LilT tunes the norms of both towers.
+GROUP_NAMES = ("image_tower", "text_tower", "projection", "layernorm", "bias", "attention", "image_norm")
 
 
 @dataclass
@@ -118,6 +120,13 @@ class VisionLanguageBackbone(nn.Module, ABC):
         With ``inputs_embeds`` (N, L, W) the token-embedding lookup is skipped and those
         vectors are used instead; ``tokens`` still gives the mask and pooling positions.
         """
+
+    def encode_text_pooled(
+        self, tokens: TokenBatch, inputs_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Text features (N, W) before ``text_projection``: ``encode_text`` is the
+        projection of this. Lets a frozen text tower's output be computed once."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose pooled text features")
 
     @abstractmethod
     def text_blocks(self) -> list[nn.Module]:

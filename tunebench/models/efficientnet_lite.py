@@ -22,7 +22,7 @@ from tunebench.errors import ConfigError
 # stage 0 and the last stage; Lite2 repeats more blocks in the middle).
 _STAGE_DEPTHS = {
     "lite0": (1, 2, 2, 3, 3, 4, 1),
-    "lite2": (1, 2, 3, 3, 4, 5, 1),
+    "lite2": (1, 3, 3, 4, 4, 5, 1),
 }
 
 # Stage-0 blocks have no expansion conv: depthwise then pointwise.

@@ -290,8 +290,12 @@ class OpenClipBackbone(VisionLanguageBackbone):
     def encode_text(
         self, tokens: TokenBatch, inputs_embeds: torch.Tensor | None = None
     ) -> torch.Tensor:
-        input_ids = tokens.input_ids.to(self.logit_scale.device)
-        return self.text_projection(self.text_tower(input_ids, inputs_embeds))
+        return self.text_projection(self.encode_text_pooled(tokens, inputs_embeds))
+
+    def encode_text_pooled(
+        self, tokens: TokenBatch, inputs_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.text_tower(tokens.input_ids.to(self.logit_scale.device), inputs_embeds)
 
     # ---- weights ---------------------------------------------------------------------
     def load_checkpoint(self, path: Path) -> None:
@@ -389,6 +393,8 @@ def open_clip_group_patterns(backbone: OpenClipBackbone) -> dict[str, tuple[str,
         "text_tower": (r"^text_tower\.",),
         "projection": tuple(projection),
         "layernorm": _module_patterns(backbone, nn.LayerNorm),
+        "image_norm": tuple(p for p in _module_patterns(backbone, (nn.LayerNorm, nn.BatchNorm2d))
+                            if p.startswith(r"^image_tower\.")),
         "bias": (r"[._]bias$",),
         "attention": tuple(attention),
     }

@@ -8,6 +8,7 @@ benchmark runs, only smaller.
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from torch import nn
@@ -24,6 +25,16 @@ _BERT_GROUPS = {
     "bias": (r"^text_tower\..*\.bias$", r"^image_projection\.bias$", r"^image_tower\..*\.bias$"),
     "attention": (r"^text_tower\.encoder\.layer\.\d+\.attention\.",),
 }
+
+
+def _norm_patterns(tower: nn.Module, prefix: str) -> tuple[str, ...]:
+    """Exact-name regexes for the affine parameters of every norm layer in ``tower``."""
+    norm_types = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+    return tuple(
+        rf"^{re.escape(prefix)}\.{re.escape(name)}\.(weight|bias)$"
+        for name, module in tower.named_modules()
+        if isinstance(module, norm_types) and getattr(module, "weight", None) is not None
+    )
 
 
 class TwoTowerClip(VisionLanguageBackbone):
@@ -54,6 +65,7 @@ class TwoTowerClip(VisionLanguageBackbone):
         self.default_image_size = default_image_size
         self.content_id = content_id
         self.group_patterns = dict(_BERT_GROUPS)
+        self.group_patterns["image_norm"] = _norm_patterns(image_tower, "image_tower")
 
     def tokenize(self, texts: list[str]) -> TokenBatch:
         enc = self.tokenizer(
@@ -77,6 +89,11 @@ class TwoTowerClip(VisionLanguageBackbone):
     def encode_text(
         self, tokens: TokenBatch, inputs_embeds: torch.Tensor | None = None
     ) -> torch.Tensor:
+        return self.text_projection(self.encode_text_pooled(tokens, inputs_embeds))
+
+    def encode_text_pooled(
+        self, tokens: TokenBatch, inputs_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
         device = self.logit_scale.device
         tokens = tokens.to(device)
         if inputs_embeds is None:
@@ -85,5 +102,4 @@ class TwoTowerClip(VisionLanguageBackbone):
             out = self.text_tower(inputs_embeds=inputs_embeds, attention_mask=tokens.attention_mask)
         # Mean pooling over real tokens: how all-MiniLM-L6-v2 was trained to embed sentences.
         mask = tokens.attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
-        pooled = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        return self.text_projection(pooled)
+        return (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp_min(1.0)

@@ -14,8 +14,8 @@ from tunebench.bench.features import FeatureCache, encode_images
 from tunebench.bench.measure import Stopwatch
 from tunebench.bench.training import autocast_for, train_classifier
 from tunebench.datasets import fewshot_indices, load_dataset, test_indices
-from tunebench.methods.base import ClassPrompts
-from tunebench.registry import METHODS, TASKS
+from tunebench.methods.base import ClassPrompts, resolve_method
+from tunebench.registry import TASKS
 from tunebench.tasks.base import TaskContext, TaskResult
 
 
@@ -25,11 +25,11 @@ class FewShotClassification:
 
     def validate(self, config: RunConfig) -> None:
         load_dataset(config.dataset)  # unknown dataset or missing data fails here, early
-        method_config(METHODS.get(config.method), config.method_config, f"method_config.{config.method}")
+        method_config(resolve_method(config.method)[0], config.method_config, f"method_config.{config.method}")
 
     def run(self, config: RunConfig, context: TaskContext) -> TaskResult:
         dataset = load_dataset(config.dataset)
-        method_cls = METHODS.get(config.method)
+        method_cls, _ = resolve_method(config.method)
         settings = method_config(method_cls, config.method_config, f"method_config.{config.method}")
         train_cfg, device, backbone = config.train, context.device, context.backbone
         train_watch, eval_watch = Stopwatch(device), Stopwatch(device)

@@ -1,0 +1,284 @@
+"""Run a sweep's cells on a Ray cluster: one Ray task per cell, results stored by the driver.
+
+``tunebench bench SWEEP --executor ray`` starts Ray on this machine (or joins
+``--ray-address``) and keeps at most ``--ray-workers`` cells running at once. The
+division of work keeps the run store the single source of the report:
+
+- a worker runs the cell with the ordinary ``Runner`` and *returns* its record and its
+  artifact bytes; it writes nothing under the results folder, so workers need no shared
+  filesystem with the driver, and a worker killed mid-cell leaves nothing behind there;
+- the driver writes each artifact, then its record, atomically (``RunStore.write``),
+  exactly once per cell, with the runner's rules: a finished hash is not submitted and a
+  failed rerun never replaces a stored ``ok`` result;
+- a worker that dies (killed, out of memory, node lost) makes Ray retry the cell up to
+  ``max_retries`` times; after that the cell is stored as ``failed`` with the reason;
+- bad input (``ConfigError``/``DataError`` in a worker) stops the sweep with one line,
+  as it does in-process; an interrupted driver cancels its running cells, and a rerun of
+  the same command skips what was stored and redoes the rest.
+
+Caches stay per node (``TUNEBENCH_CACHE_DIR`` or ~/.cache/tunebench there): feature
+files and few-shot splits are written under a file lock or by atomic rename, and the
+mini-clip build takes a lock, so cells running side by side on one node share them safely.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import sys
+import tempfile
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunebench.bench.config import RunConfig
+from tunebench.bench.progress import progress
+from tunebench.bench.runner import SweepSummary, describe_error, store_record
+from tunebench.bench.store import REQUIRED_KEYS, RunStore, atomic_output
+from tunebench.errors import ConfigError, DataError
+
+RAY_MISSING = "Ray is not installed: pip install 'tunebench[ray]'"
+# Test-only hook: when this names a file that does not exist yet, the first cell attempt
+# that sees it creates the file and SIGKILLs its own worker process, so tests can show
+# what a worker dying mid-sweep does. Never set it outside tests.
+KILL_MARKER_ENV = "TUNEBENCH_TEST_KILL_MARKER"
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None  # None: start Ray on this machine for this sweep
+    workers: int = 2  # cells running at once
+    cpus_per_cell: int = 1  # Ray CPUs (and torch threads) per cell
+    max_retries: int = 2  # re-runs of a cell whose worker died, before it is stored as failed
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.cpus_per_cell < 1:
+            raise ConfigError("--ray-workers and --ray-cpus-per-cell must be >= 1")
+        if self.max_retries < 0:
+            raise ConfigError(f"max_retries must be >= 0, got {self.max_retries}")
+
+
+def import_ray():
+    """Ray, imported only when the ray executor is asked for (it is an optional extra)."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigError(RAY_MISSING) from exc
+    return ray
+
+
+def check_devices(configs: list[RunConfig]) -> None:
+    """A Ray task sees only the GPU Ray gives it, so a cell cannot name a GPU index."""
+    for config in configs:
+        device = config.train.device
+        if device.startswith("cuda:"):
+            raise ConfigError(
+                f"{config.label}: train.device {device!r} names a GPU index; on Ray use "
+                "device: auto or cuda (each cell gets the one GPU Ray assigns it)"
+            )
+
+
+def cell_resources(config: RunConfig, *, cluster_has_gpu: bool, cpus: int) -> dict:
+    """What one cell asks Ray for: a whole GPU when it runs on CUDA, else CPUs only.
+
+    ``device: auto`` resolves against the cluster, not the driver: the head node often
+    has no GPU while the workers do.
+    """
+    device = config.train.device
+    wants_gpu = device == "cuda" or (device == "auto" and cluster_has_gpu)
+    return {"num_cpus": cpus, "num_gpus": 1 if wants_gpu else 0}
+
+
+# ---------------------------------------------------------------- worker side
+
+_WORKER_RUNNERS: dict[str, object] = {}
+
+
+def _worker_runner():
+    """One Runner per worker process and cache folder, so the pristine backbone is loaded
+    once per worker instead of once per cell. Its store is a private staging folder: the
+    runner saves the artifact there, and the cell hands the bytes back to the driver."""
+    from tunebench.bench.runner import Runner
+    from tunebench.paths import tunebench_cache_dir
+
+    key = str(tunebench_cache_dir())
+    if key not in _WORKER_RUNNERS:
+        staging = Path(tempfile.mkdtemp(prefix="tunebench-ray-staging-"))
+        _WORKER_RUNNERS[key] = Runner(staging, force=True)
+    return _WORKER_RUNNERS[key]
+
+
+def _kill_hook_for_tests() -> None:
+    marker = os.environ.get(KILL_MARKER_ENV)
+    if not marker:
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return  # an earlier attempt already died: this one runs normally
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_cell(config: RunConfig, threads: int) -> tuple[dict, bytes | None]:
+    """Body of one Ray task: run the cell, return (record, artifact bytes or None)."""
+    import torch
+
+    from tunebench.registry import load_all
+
+    _kill_hook_for_tests()
+    load_all()
+    torch.set_num_threads(threads)
+    runner = _worker_runner()
+    record = runner.run(config, write=False)
+    artifact = None
+    if record.get("artifact"):
+        staged = runner.store.results_dir / record["artifact"]["path"]
+        artifact = staged.read_bytes()
+        staged.unlink()
+    return record, artifact
+
+
+# ---------------------------------------------------------------- driver side
+
+
+def lost_cell_record(config: RunConfig, error: str) -> dict:
+    """A failed record for a cell whose worker never returned one (it has every key the
+    store requires; numbers it could not measure are null)."""
+    import torch
+
+    from tunebench.bench.measure import environment
+
+    record = dict.fromkeys(REQUIRED_KEYS)
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    record.update(
+        task=config.task, dataset=config.dataset, method=config.method,
+        backbone=config.backbone, shots=config.shots, seed=config.seed,
+        config_hash=config.config_hash, config=config.to_dict(), status="failed",
+        error=error, metrics={}, finished_at=now,
+        env=environment(torch.device("cpu")),  # the driver's: the worker is gone
+    )
+    return record
+
+
+def _collect(ray, ref, config: RunConfig, attempts: int) -> tuple[dict, bytes | None]:
+    """The finished task's result, or a failed record saying why there is none."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, ConfigError | DataError):
+            raise cause from None  # bad input: stop with its one line, as in-process
+        reason = describe_error(cause) if isinstance(cause, BaseException) else describe_error(exc)
+        return lost_cell_record(config, f"cell raised in its worker: {reason}"), None
+    except ray.exceptions.RayError as exc:
+        reason = describe_error(exc)
+        return lost_cell_record(config, f"worker lost after {attempts} attempt(s): {reason}"), None
+
+
+def _store(store: RunStore, config: RunConfig, record: dict, artifact: bytes | None) -> None:
+    """Artifact first, then the record: a stored record never names a missing file."""
+    if artifact is not None and record["status"] == "ok":
+        with atomic_output(store.results_dir / record["artifact"]["path"]) as tmp:
+            Path(tmp).write_bytes(artifact)
+    store_record(store, record, config.label)
+
+
+def _forwarded_environment() -> dict[str, str]:
+    """The driver's TUNEBENCH_* settings (cache folder, progress, test hooks) for the workers."""
+    return {k: v for k, v in os.environ.items() if k.startswith("TUNEBENCH_")}
+
+
+def _connect(ray, options: RayOptions) -> bool:
+    """Join the cluster; returns True when this call started Ray (and must stop it)."""
+    if ray.is_initialized():
+        return False
+    if not options.address:
+        ray.init(include_dashboard=False, logging_level="warning")
+        cpus = ray.cluster_resources().get("CPU", 0)
+        if cpus < options.cpus_per_cell:
+            # Ray would keep such tasks pending forever on a fixed local machine.
+            ray.shutdown()
+            raise ConfigError(f"--ray-cpus-per-cell {options.cpus_per_cell} exceeds this "
+                              f"machine's {cpus:g} CPUs")
+        return True
+    try:
+        ray.init(address=options.address, logging_level="warning")
+    except ConnectionError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"cannot join the Ray cluster at {options.address!r}: {reason}") from exc
+    return True
+
+
+def run_sweep_ray(
+    configs: list[RunConfig],
+    results_dir: Path,
+    *,
+    force: bool = False,
+    options: RayOptions | None = None,
+    on_record: Callable[[dict], None] | None = None,
+) -> SweepSummary:
+    """Run the cells as Ray tasks; ``on_record`` is called after each record is stored."""
+    options = options or RayOptions()
+    ray = import_ray()
+    check_devices(configs)
+    store = RunStore(results_dir)
+    summary = SweepSummary()
+    todo, seen = deque(), set()
+    for config in configs:
+        key = config.config_hash
+        if key in seen:
+            continue
+        seen.add(key)
+        if store.is_finished(key) and not force:
+            summary.skipped.append(key)
+        else:
+            todo.append(config)
+    if not todo:
+        return summary
+
+    started_ray = _connect(ray, options)
+    cluster_has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    # Worker death is retried by Ray itself; an exception raised by the cell is not
+    # (the runner already turns ordinary failures into failed records).
+    task = ray.remote(max_retries=options.max_retries, retry_exceptions=False)(run_cell)
+    runtime_env = {"env_vars": _forwarded_environment()}
+    running: dict = {}
+    bar = progress(total=len(seen), initial=len(summary.skipped), desc="sweep (ray)", unit="run")
+    try:
+        while todo or running:
+            while todo and len(running) < options.workers:
+                config = todo.popleft()
+                resources = cell_resources(config, cluster_has_gpu=cluster_has_gpu,
+                                           cpus=options.cpus_per_cell)
+                ref = task.options(runtime_env=runtime_env, **resources).remote(
+                    config, options.cpus_per_cell)
+                running[ref] = config
+            bar.set_postfix(ok=len(summary.ok), failed=len(summary.failed),
+                            running=len(running), skipped=len(summary.skipped))
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            config = running.pop(ref)
+            record, artifact = _collect(ray, ref, config, attempts=1 + options.max_retries)
+            record.setdefault("executor", {"kind": "ray", "concurrent_cells": options.workers})
+            _store(store, config, record, artifact)
+            if record["status"] == "ok":
+                summary.ok.append(config.config_hash)
+            else:
+                summary.failed.append(config.config_hash)
+                print(f"FAILED {config.label}: {record['error']}", file=sys.stderr)
+            bar.update(1)
+            if on_record is not None:
+                on_record(record)
+    except BaseException:
+        # Interrupted, or stopped by bad input: nothing of the running cells is stored,
+        # so a rerun redoes exactly them.
+        for ref in running:
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        bar.close()
+        if started_ray:
+            ray.shutdown()
+    return summary
