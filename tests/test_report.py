@@ -140,6 +140,7 @@ def test_figures_are_pngs(built) -> None:
         assert path.parent == results / "figures"
         assert path.read_bytes()[:8] == PNG_SIGNATURE
     assert set(files.paths) == {results / "summary.csv", results / "report.md", *files.figures}
+    assert files.track_tables == ()  # no track runs: no track CSVs
 
 
 def test_rebuild_is_byte_identical(tmp_path: Path) -> None:

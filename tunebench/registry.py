@@ -80,9 +80,23 @@ class Registry(Generic[T]):
 
 
 METHODS: Registry = Registry("method")
+# A task whose adapters need another interface (text-to-image generation conditions a
+# denoiser, it has no class embeddings) names its own family in ``method_registry``;
+# the method names stay the same across families (cones, textual-inversion, ...).
+GENERATION_METHODS: Registry = Registry("generation method")
 DATASETS: Registry = Registry("dataset")
 TASKS: Registry = Registry("task")
 BACKBONES: Registry = Registry("backbone")
+# Models that ``tunebench build NAME`` makes and caches (mini-clip, ...): callables
+# ``build(force: bool) -> Path`` with a ``summary`` attribute.
+BUILDS: Registry = Registry("buildable model")
+
+
+def method_registry(task: str | None) -> Registry:
+    """The method family a task's cells resolve their method names in."""
+    if task is None:
+        return METHODS
+    return getattr(TASKS.get(task), "method_registry", METHODS)
 
 
 def load_all() -> None:

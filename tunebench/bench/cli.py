@@ -13,32 +13,47 @@ from tunebench.errors import ConfigError, TunebenchError
 DEFAULT_RESULTS = Path("results")
 
 
+LIST_KINDS = ("methods", "tasks", "backbones", "datasets", "builds")
+
+
 def _list(args) -> None:
-    from tunebench.registry import BACKBONES, DATASETS, METHODS, TASKS, load_all
+    from tunebench.registry import (
+        BACKBONES,
+        BUILDS,
+        DATASETS,
+        GENERATION_METHODS,
+        METHODS,
+        TASKS,
+        load_all,
+    )
 
     load_all()
-    registries = {"methods": METHODS, "tasks": TASKS, "backbones": BACKBONES, "datasets": DATASETS}
+    registries = {"methods": [METHODS, GENERATION_METHODS], "tasks": [TASKS],
+                  "backbones": [BACKBONES], "datasets": [DATASETS], "builds": [BUILDS]}
     for kind in [args.kind] if args.kind else list(registries):
-        if not args.kind:
-            print(f"# {kind}")
-        registry = registries[kind]
-        for name in registry.names():
-            entry = registry.entry(name)
-            summary = getattr(entry, "summary", "") or (entry.__doc__ or "").strip().split("\n")[0]
-            print(f"{name:20s} {summary}" if args.verbose else name)
-            config_class = getattr(entry, "config_class", None)
-            if args.verbose and config_class is not None:
-                for f in fields(config_class):
-                    default = f.default_factory() if callable(f.default_factory) else f.default
-                    print(f"    {f.name} = {default!r}: {f.metadata.get('help', '')}")
+        for registry in registries[kind]:
+            if not args.kind or len(registries[kind]) > 1:
+                print(f"# {registry.kind}s")
+            _list_registry(registry, args.verbose)
+
+
+def _list_registry(registry, verbose: bool) -> None:
+    for name in registry.names():
+        entry = registry.entry(name)
+        summary = getattr(entry, "summary", "") or (entry.__doc__ or "").strip().split("\n")[0]
+        print(f"{name:20s} {summary}" if verbose else name)
+        config_class = getattr(entry, "config_class", None)
+        if verbose and config_class is not None:
+            for f in fields(config_class):
+                default = f.default_factory() if callable(f.default_factory) else f.default
+                print(f"    {f.name} = {default!r}: {f.metadata.get('help', '')}")
 
 
 def _build(args) -> None:
-    from tunebench.models.mini_clip import build_mini_clip
+    from tunebench.registry import BUILDS, load_all
 
-    if args.model != "mini-clip":
-        raise ConfigError(f"unknown model to build {args.model!r}; valid: mini-clip")
-    print(build_mini_clip(force=args.force))
+    load_all()
+    print(BUILDS.get(args.model)(force=args.force))
 
 
 def _parse_value(text: str):
@@ -76,7 +91,7 @@ def _run(args) -> None:
             task_settings[name] = _parse_value(value)
         else:
             raise ConfigError(f"--set key must start with train., method. or task., got {key!r}")
-    method_cls, variant = resolve_method(args.method)
+    method_cls, variant = resolve_method(args.method, args.task)
     method_settings = dataclasses.asdict(
         method_config(method_cls, {**method_settings, **variant}, f"method.{args.method}")
     )
@@ -162,13 +177,13 @@ def make_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("list", help="list registered methods, tasks, backbones, datasets")
-    p.add_argument("kind", nargs="?", choices=["methods", "tasks", "backbones", "datasets"])
+    p = sub.add_parser("list", help="list registered methods, tasks, backbones, datasets, builds")
+    p.add_argument("kind", nargs="?", choices=LIST_KINDS)
     p.add_argument("-v", "--verbose", action="store_true", help="one-line summaries and method settings")
     p.set_defaults(func=_list)
 
-    p = sub.add_parser("build", help="build and cache a model (mini-clip: LiT alignment, ~6 min on 2 cores)")
-    p.add_argument("model", choices=["mini-clip"])
+    p = sub.add_parser("build", help="build and cache a model (`tunebench list builds`; mini-clip: ~6 min on 2 cores)")
+    p.add_argument("model", help="what to build: mini-clip, or see `tunebench list builds`")
     p.add_argument("--force", action="store_true", help="rebuild even when cached")
     p.set_defaults(func=_build)
 

@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunebench.bench import figures, figures_align, report_align
+from tunebench.bench import figures, report_align
 from tunebench.bench.store import REQUIRED_KEYS, atomic_write_text
 from tunebench.errors import TunebenchError
 
@@ -42,10 +42,11 @@ class ReportFiles:
     summary_csv: Path
     report_md: Path
     figures: tuple[Path, ...]
+    track_tables: tuple[Path, ...] = ()  # each track's own summary CSV
 
     @property
     def paths(self) -> tuple[Path, ...]:
-        return (self.summary_csv, self.report_md, *self.figures)
+        return (self.summary_csv, *self.track_tables, self.report_md, *self.figures)
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,9 @@ def _problem(run, metric: str) -> str | None:
     for key in ("task", "dataset", "method", "backbone"):
         if not isinstance(run[key], str):
             return f"{key} is not a string"
-    if run["task"] == report_align.TASK:  # align runs are judged by retrieval, not top-1
-        metric = report_align.METRIC
+    section = _section_for(run["task"])
+    if section is not None:  # a track's runs are judged by its own headline metric
+        metric = section.METRIC
     for key in ("shots", "seed"):
         if not isinstance(run[key], int) or isinstance(run[key], bool):
             return f"{key} is not an integer"
@@ -405,7 +407,7 @@ def _failed_section(failed, skipped) -> list[str]:
 
 def render_markdown(
     cells: list[Cell], runs: Runs, figure_links: list[tuple[str, str]], *, reference: str, metric: str,
-    align_lines: list[str] = (),
+    align_lines: list[str] = (),  # the track sections' lines, after the classification part
 ) -> str:
     lines = [
         "# tunebench results", "",
@@ -440,29 +442,41 @@ def render_markdown(
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+# Tracks whose runs get their own part of the report. Each is a module with
+#   TASK    the task name whose runs it owns
+#   METRIC  the metric every successful run of that task must have
+#   write_section(runs, results_dir) -> (markdown lines, written files)
+# Runs of any other task are few-shot classification tables (metric top1).
+TRACK_SECTIONS = (report_align,)
+
+
+def _section_for(task: str):
+    return next((s for s in TRACK_SECTIONS if s.TASK == task), None)
+
+
 def build_report(
     results_dir: Path, *, reference_method: str = "cones", metric: str = "top1"
 ) -> ReportFiles:
     """Rebuild ``summary.csv``, ``report.md`` and ``figures/`` from ``results_dir/runs``."""
     results_dir = Path(results_dir)
     runs = load_runs(results_dir / "runs", metric=metric)
-    align_runs = [r for r in runs.ok if r["task"] == report_align.TASK]
-    cells = summarise([r for r in runs.ok if r["task"] != report_align.TASK], metric)
+    cells = summarise([r for r in runs.ok if _section_for(r["task"]) is None], metric)
     summary_csv = results_dir / "summary.csv"
     write_summary_csv(cells, summary_csv, metric)
     written = figures.write_figures(cells, results_dir / "figures", metric=metric, method_key=method_sort_key)
     links = [(title, path.relative_to(results_dir).as_posix()) for title, path in written]
-    # The alignment track gets its own tables, CSV and figures, only when it has runs, so a
-    # classification-only store gives the same files as before the track existed.
-    align_cells = report_align.summarise(align_runs)
-    align_written = figures_align.write_figures(align_cells, results_dir / "figures")
-    align_links = [(title, path.relative_to(results_dir).as_posix()) for title, path in align_written]
-    written += align_written
-    if align_cells:
-        report_align.write_summary_csv(align_cells, results_dir / "summary_align.csv")
+    paths = [path for _, path in written]
+    # Each track writes its own tables, CSV and figures, only when it has runs, so a
+    # classification-only store gives the same files as before the tracks existed.
+    track_lines: list[str] = []
+    tables: list[Path] = []
+    for section in TRACK_SECTIONS:
+        lines, files = section.write_section([r for r in runs.ok if r["task"] == section.TASK], results_dir)
+        track_lines += lines
+        paths += [f for f in files if f.suffix == ".png"]
+        tables += [f for f in files if f.suffix != ".png"]
     report_md = results_dir / "report.md"
     atomic_write_text(report_md, render_markdown(
-        cells, runs, links, reference=reference_method, metric=metric,
-        align_lines=report_align.render_section(align_cells, align_links),
+        cells, runs, links, reference=reference_method, metric=metric, align_lines=track_lines,
     ))
-    return ReportFiles(summary_csv, report_md, tuple(path for _, path in written))
+    return ReportFiles(summary_csv, report_md, tuple(paths), tuple(tables))

@@ -266,3 +266,18 @@ def write_summary_csv(cells: list[AlignCell], path: Path) -> None:
             row += [f"{c.means[m]:.6g}", f"{c.stds[m]:.6g}"] if m in c.means else ["", ""]
         writer.writerow(row)
     atomic_write_text(path, buffer.getvalue())
+
+
+def write_section(runs: list[dict], results_dir: Path) -> tuple[list[str], list[Path]]:
+    """The track-section interface (see ``report.TRACK_SECTIONS``): write this track's
+    CSV and figures under ``results_dir`` and return its markdown lines and the files."""
+    from tunebench.bench import figures_align
+
+    cells = summarise(runs)
+    if not cells:
+        return [], []
+    written = figures_align.write_figures(cells, results_dir / "figures")
+    links = [(title, path.relative_to(results_dir).as_posix()) for title, path in written]
+    summary_csv = results_dir / "summary_align.csv"
+    write_summary_csv(cells, summary_csv)
+    return render_section(cells, links), [summary_csv, *(path for _, path in written)]

@@ -162,8 +162,7 @@ class Runner:
 def validate_cells(configs: list[RunConfig]) -> None:
     """Fail before anything runs when a cell names something unknown."""
     for config in configs:
-
-        resolve_method(config.method)
+        resolve_method(config.method, config.task)
         BACKBONES.resolve(config.backbone)
         TASKS.get(config.task)().validate(config)
 

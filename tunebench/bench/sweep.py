@@ -116,7 +116,7 @@ def expand(sweep: SweepConfig) -> list[RunConfig]:
 def resolved_method_settings(sweep: SweepConfig, method: str) -> tuple[type, dict]:
     """The method's class and every setting, defaults included (so that changing a
     default makes new cells instead of silently reusing old ones)."""
-    method_cls, variant = resolve_method(method)
+    method_cls, variant = resolve_method(method, sweep.task)
     base = method.partition(":")[0]
     values = dict(sweep.method_config.get(base) or {})
     if method != base:

@@ -22,7 +22,7 @@ from torch import nn
 
 from tunebench.errors import ConfigError
 from tunebench.models.base import VisionLanguageBackbone, count_parameters
-from tunebench.registry import METHODS
+from tunebench.registry import method_registry
 
 
 def hyperparameter(default, help: str):
@@ -132,10 +132,14 @@ class MethodAdapter(nn.Module, ABC):
         return {n: p.detach().cpu().contiguous() for n, p in self.trainable_named_parameters()}
 
 
-def resolve_method(name: str) -> tuple[type[MethodAdapter], dict]:
-    """``cones`` -> (Cones, {}); ``lit:bitfit`` -> (Lit, {"preset": "bitfit"})."""
+def resolve_method(name: str, task: str | None = None) -> tuple[type, dict]:
+    """``cones`` -> (Cones, {}); ``lit:bitfit`` -> (Lit, {"preset": "bitfit"}).
+
+    ``task`` picks the method family: a task may bring its own (see
+    ``registry.method_registry``); without one, the classification family.
+    """
     base, _, variant = name.partition(":")
-    method_cls = METHODS.get(base)
+    method_cls = method_registry(task).get(base)
     if not variant:
         return method_cls, {}
     if method_cls.variant_field is None:

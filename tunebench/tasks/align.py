@@ -70,7 +70,7 @@ class Align:
         if not isinstance(dataset, PairDataset):
             raise ConfigError(f"align needs an image-caption dataset; {config.dataset!r} is not one "
                               f"(try scenes or fashion-captions)")
-        method_cls, _ = resolve_method(config.method)
+        method_cls, _ = resolve_method(config.method, config.task)
         if method_cls.trains and not getattr(method_cls, "tunes_towers", False):
             raise ConfigError(f"method {config.method!r} learns class embeddings, which align has "
                               f"none of; use lit (any preset), full-ft or zero-shot")
@@ -85,7 +85,7 @@ class Align:
     def run(self, config: RunConfig, context: TaskContext) -> TaskResult:
         dataset: PairDataset = load_dataset(config.dataset)
         settings = build_dataclass(AlignConfig, config.task_config, "task_config")
-        method_cls, _ = resolve_method(config.method)
+        method_cls, _ = resolve_method(config.method, config.task)
         method_settings = method_config(method_cls, config.method_config, f"method_config.{config.method}")
         backbone, device, train_cfg = context.backbone, context.device, config.train
         train_watch, eval_watch = Stopwatch(device), Stopwatch(device)

@@ -25,11 +25,11 @@ class FewShotClassification:
 
     def validate(self, config: RunConfig) -> None:
         load_dataset(config.dataset)  # unknown dataset or missing data fails here, early
-        method_config(resolve_method(config.method)[0], config.method_config, f"method_config.{config.method}")
+        method_config(resolve_method(config.method, config.task)[0], config.method_config, f"method_config.{config.method}")
 
     def run(self, config: RunConfig, context: TaskContext) -> TaskResult:
         dataset = load_dataset(config.dataset)
-        method_cls, _ = resolve_method(config.method)
+        method_cls, _ = resolve_method(config.method, config.task)
         settings = method_config(method_cls, config.method_config, f"method_config.{config.method}")
         train_cfg, device, backbone = config.train, context.device, context.backbone
         train_watch, eval_watch = Stopwatch(device), Stopwatch(device)
