@@ -60,7 +60,7 @@ _FIXED = {
 }
 _SPARE = [("#56B4E9", "X"), ("#882255", "h"), ("#999933", "<"), ("#44AA99", ">"), ("#332288", "p")]
 
-METRIC_LABELS = {"top1": "Top-1 accuracy", "top5": "Top-5 accuracy"}
+METRIC_LABELS = {"top1": "Top-1 accuracy", "top5": "Top-5 accuracy", "novel_bbox_ap": "Novel-class box AP"}
 
 
 def method_styles(methods: list[str]) -> dict[str, tuple[str, str]]:

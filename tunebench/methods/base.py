@@ -72,6 +72,9 @@ class MethodAdapter(nn.Module, ABC):
     # True for methods that train tower weights rather than class embeddings, and so
     # can align towers from captions (the align task); class-embedding methods cannot.
     tunes_towers: ClassVar[bool] = False
+    # False for methods that classify with a head of their own (linear-probe) instead of
+    # class embeddings, which tasks that score regions or captions need.
+    uses_class_embeddings: ClassVar[bool] = True
 
     def __init__(
         self, backbone: VisionLanguageBackbone, classes: ClassPrompts, config: MethodConfig

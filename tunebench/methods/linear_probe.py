@@ -24,6 +24,7 @@ class LinearProbeConfig(MethodConfig):
 class LinearProbe(MethodAdapter):
     summary = "linear head (weights + bias) on frozen image features; text unused"
     config_class = LinearProbeConfig
+    uses_class_embeddings = False
 
     def __init__(self, backbone, classes, config) -> None:
         super().__init__(backbone, classes, config)

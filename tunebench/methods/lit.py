@@ -25,10 +25,11 @@ from torch import nn
 
 from tunebench.methods.base import MethodAdapter, MethodConfig, hyperparameter
 from tunebench.methods.prompts import FixedPrompts
-from tunebench.models.base import GROUP_NAMES
+from tunebench.models.base import DETECTION_GROUP_NAMES, GROUP_NAMES
 from tunebench.registry import METHODS
 
 ADAPTER = "adapter"
+KNOWN_GROUPS = GROUP_NAMES + DETECTION_GROUP_NAMES + (ADAPTER,)
 PRESETS: dict[str, list[str]] = {
     "lilt": [ADAPTER, "layernorm", "projection"],  # LilT's recipe
     "bitfit": ["bias", "projection"],
@@ -38,6 +39,8 @@ PRESETS: dict[str, list[str]] = {
     "lit": ["text_tower", "projection"],  # LiT: image locked, text tower free
     "all": ["image_tower", "text_tower", "projection"],  # CLIP-style: nothing locked
     "norms": ["layernorm", "image_norm", "projection"],  # LilT's "+LayerNorms", both towers
+    # Detection backbones: every detector part + text LayerNorms + both projections.
+    "heads": ["detector_heads", "layernorm", "projection"],
 }
 
 
@@ -45,7 +48,7 @@ PRESETS: dict[str, list[str]] = {
 class LitConfig(MethodConfig):
     lr: float = hyperparameter(1e-3, "peak learning rate (AdamW, cosine schedule)")
     preset: str = hyperparameter("lilt", f"named group list, one of {sorted(PRESETS)}")
-    groups: list = hyperparameter([], "explicit groups (overrides preset): " + ", ".join(GROUP_NAMES + (ADAPTER,)))
+    groups: list = hyperparameter([], "explicit groups (overrides preset): " + ", ".join(KNOWN_GROUPS))
     lock_image_tower: bool | None = hyperparameter(
         None, "never train image-tower parameters (null: locked unless the groups name image_tower or image_norm)")
     adapter_reduction: int = hyperparameter(4, "bottleneck adapter width = text width / reduction")
@@ -56,9 +59,9 @@ class LitConfig(MethodConfig):
         super().__post_init__()
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; valid: {', '.join(sorted(PRESETS))}")
-        unknown = set(self.groups) - set(GROUP_NAMES) - {ADAPTER}
+        unknown = set(self.groups) - set(KNOWN_GROUPS)
         if unknown:
-            raise ValueError(f"unknown groups {sorted(unknown)}; valid: {', '.join(GROUP_NAMES + (ADAPTER,))}")
+            raise ValueError(f"unknown groups {sorted(unknown)}; valid: {', '.join(KNOWN_GROUPS)}")
         if self.adapter_reduction < 1:
             raise ValueError("adapter_reduction must be >= 1")
         if self.pretrained_lr is not None and not self.pretrained_lr > 0:

@@ -29,6 +29,8 @@ from torch import nn
 # "image_norm" is the image tower's normalisation layers (LayerNorms of a ViT, the
 # BatchNorm scales and shifts of a CNN): LilT tunes the norms of both towers.
 GROUP_NAMES = ("image_tower", "text_tower", "projection", "layernorm", "bias", "attention", "image_norm")
+# Groups only detection backbones have: every detector part (FPN, RPN, box and mask heads).
+DETECTION_GROUP_NAMES = ("detector_heads",)
 
 
 @dataclass
@@ -156,7 +158,10 @@ class VisionLanguageBackbone(nn.Module, ABC):
     def parameter_group(self, group: str) -> list[str]:
         """Names of the parameters in a named group (see GROUP_NAMES)."""
         if group not in self.group_patterns:
-            raise KeyError(f"backbone has no parameter group {group!r}")
+            from tunebench.errors import ConfigError
+
+            raise ConfigError(f"backbone {self.content_id} has no parameter group {group!r}; "
+                              f"it has {', '.join(sorted(self.group_patterns))}")
         patterns = [re.compile(p) for p in self.group_patterns[group]]
         return [n for n, _ in self.named_parameters() if any(p.search(n) for p in patterns)]
 

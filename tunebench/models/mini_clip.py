@@ -20,16 +20,11 @@ datasets is used; ImageNet's vocabulary does contain names that also occur there
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
-import os
-import shutil
 import sys
-import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -37,6 +32,8 @@ import torch.nn.functional as F
 
 from tunebench.bench.progress import progress
 from tunebench.errors import ConfigError
+from tunebench.models.builds import build_lock as _build_lock
+from tunebench.models.builds import write_build as _write_build
 from tunebench.models.checkpoints import file_digest
 from tunebench.models.efficientnet_lite import load_efficientnet_lite
 from tunebench.models.towers import load_minilm
@@ -124,18 +121,6 @@ def build_mini_clip_backbone(
         raise ConfigError(f"{weights} does not fit mini-clip; delete {folder} and rebuild")
     model.content_id = f"mini-clip-{file_digest(weights)}"
     return model.eval()
-
-
-@contextmanager
-def _build_lock(path: Path):
-    """One builder per machine: concurrent sweeps wait instead of building twice."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _imagenet_prompts() -> list[list[str]]:
@@ -263,20 +248,6 @@ def _text_to_anchor_top1(model: TwoTowerClip, synonyms: list[list[str]], anchors
             correct += int((predicted == torch.arange(start, start + len(chunk))).sum())
             total += len(chunk)
     return correct / total
-
-
-def _write_build(target: Path, state: dict[str, torch.Tensor], record: dict) -> None:
-    """Write into a temporary folder and rename: a crash never leaves half a model."""
-    from safetensors.torch import save_file
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    save_file(state, str(staging / "weights.safetensors"))
-    record["weights_sha256_16"] = file_digest(staging / "weights.safetensors")
-    (staging / "recipe.json").write_text(json.dumps(record, indent=2) + "\n")
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(staging, target)
 
 
 # Part of every run's config hash: results made with another recipe are other cells.

@@ -18,6 +18,11 @@ from tunebench.registry import BACKBONES
 class TinyConvTower(nn.Module):
     def __init__(self, width: int = 16, out_features: int = 32) -> None:
         super().__init__()
+        # Its feature maps, listed as timm lists them, so a detector can tap them.
+        self.feature_info = [
+            {"module": "conv_stem", "num_chs": width, "reduction": 2},
+            {"module": "conv_head", "num_chs": out_features, "reduction": 4},
+        ]
         self.conv_stem = nn.Conv2d(3, width, 3, stride=2, padding=1)
         self.bn1 = nn.BatchNorm2d(width)
         self.conv_head = nn.Conv2d(width, out_features, 3, stride=2, padding=1)

@@ -1,0 +1,245 @@
+"""Detection track: canvases and COCO files, the evaluator, the detector, every method
+on the tiny detector, and an end-to-end run through the runner."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tunebench.bench.config import RunConfig, TrainConfig, method_config
+from tunebench.datasets import load_dataset
+from tunebench.datasets.canvas import CanvasRecipe, SpritePool, compose, tight_box
+from tunebench.datasets.detection import fewshot_images, load_coco_folder, write_split
+from tunebench.errors import ConfigError, DataError
+from tunebench.methods.base import ClassPrompts, resolve_method
+from tunebench.registry import BACKBONES, load_all
+from tunebench.tasks.detection_eval import coco_metrics
+
+load_all()
+
+
+@pytest.fixture(scope="module")
+def _tiny_detector():
+    return BACKBONES.get("tiny-detector")(None)
+
+
+@pytest.fixture
+def tiny_detector(_tiny_detector):
+    return copy.deepcopy(_tiny_detector)
+
+
+@pytest.fixture
+def tiny_det():
+    return load_dataset("tiny-det")
+
+
+def _square_sprites():
+    sprites = np.zeros((2, 10, 10), dtype=np.uint8)
+    sprites[0, 2:8, 2:8] = 200  # a filled square
+    sprites[1, :, 4:6] = 180  # a bar
+    return SpritePool(sprites, np.array([0, 1]))
+
+
+def test_canvas_masks_are_the_visible_sprite_pixels_and_boxes_are_tight():
+    recipe = CanvasRecipe(size=40, objects=(3, 3), sprite_size=(10, 14), min_visible=0.5)
+    canvas, objects = compose(np.random.default_rng(0), _square_sprites(), recipe)
+    assert len(objects) >= 2
+    owner = np.zeros(canvas.shape, dtype=int)
+    for obj in objects:
+        assert not (owner[obj.mask] > 0).any()  # visible masks never overlap
+        owner[obj.mask] += 1
+        assert (canvas[obj.mask] > 40).all()  # every mask pixel shows the object
+        x, y, w, h = tight_box(obj.mask)
+        ys, xs = np.nonzero(obj.mask)
+        assert (x, y, x + w - 1, y + h - 1) == (xs.min(), ys.min(), xs.max(), ys.max())
+    assert (canvas[owner == 0] <= recipe.background_max).all()  # no unannotated object pixel
+
+
+def test_placement_keeps_every_object_mostly_visible():
+    recipe = CanvasRecipe(size=24, objects=(4, 4), sprite_size=(12, 12), min_visible=0.9, opaque=True)
+    for seed in range(5):
+        _, objects = compose(np.random.default_rng(seed), _square_sprites(), recipe)
+        for obj in objects:
+            assert obj.mask.sum() >= 0.9 * 144
+
+
+def test_coco_files_round_trip_through_the_evaluator(tmp_path):
+    recipe = CanvasRecipe(size=48, objects=(1, 3), sprite_size=(12, 18))
+    rng = np.random.default_rng(1)
+    canvases = [compose(rng, _square_sprites(), recipe) for _ in range(6)]
+    categories = [{"id": 7, "name": "square", "split": "base"}, {"id": 9, "name": "bar"}]
+    for split in ("train", "test"):
+        write_split(tmp_path, split, canvases, categories)
+    dataset = load_coco_folder(tmp_path, "mine")
+    assert dataset.classnames == ("square", "bar") and dataset.novel == (False, True)
+    test = dataset.split("test")
+    target = test.target(0)
+    assert target["masks"].shape[0] == len(target["boxes"]) == len(canvases[0][1])
+    assert np.array_equal(target["masks"][0].astype(bool), canvases[0][1][0].mask)
+
+    truth = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0,
+              "segmentation": a["segmentation"]} for a in test.coco["annotations"]]
+    ids = [test.image_id(p) for p in range(len(test))]
+    perfect = coco_metrics(test, dataset, truth, ids)
+    assert perfect["all_bbox_ap"] == perfect["all_segm_ap"] == perfect["novel_bbox_ap"] == 1.0
+    shifted = []
+    for r in truth:
+        x, y, w, h = r["bbox"]
+        shifted.append({**r, "bbox": [x + 0.3 * w, y + 0.3 * h, w, h]})
+    worse = coco_metrics(test, dataset, shifted, ids)
+    assert worse["all_bbox_ap"] < 0.5 and worse["all_bbox_ap50"] < 1.0
+    assert worse["all_segm_ap"] == 1.0  # masks untouched: only boxes moved
+    none = coco_metrics(test, dataset, [], ids)
+    assert none["all_bbox_ap"] == 0.0
+
+
+def test_coco_folder_errors_are_one_line(tmp_path):
+    with pytest.raises(DataError, match="no such folder"):
+        load_dataset(f"coco:{tmp_path}/missing")
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "train.json").write_text("{not json")
+    with pytest.raises(DataError, match="not readable COCO JSON"):
+        load_coco_folder(tmp_path, "bad")
+    (tmp_path / "annotations" / "train.json").write_text(json.dumps({"images": [], "annotations": []}))
+    with pytest.raises(DataError, match="lacks"):
+        load_coco_folder(tmp_path, "bad")
+
+
+def test_fewshot_images_hold_each_class_k_times_and_depend_on_the_seed(tiny_det):
+    split = tiny_det.split("train")
+    labels = list(range(tiny_det.num_classes))
+    chosen = fewshot_images(split, labels, 2, seed=1)
+    for label in labels:
+        assert sum(label in split.labels_in(p) for p in chosen) >= 2
+    assert chosen == fewshot_images(split, labels, 2, seed=1)
+    assert chosen != fewshot_images(split, labels, 2, seed=2)
+    with pytest.raises(DataError, match="lower shots"):
+        fewshot_images(split, labels, 1000, seed=1)
+
+
+EXPECTED = {  # method -> what may train, by parameter-name prefix
+    "zero-shot": (),
+    "cones": ("concepts",),
+    "coop": ("context",),
+    "textual-inversion": ("tokens",),
+    "lit:heads": ("backbone.detector.", "backbone.text_projection.", "backbone.text_tower."),
+    "full-ft": ("backbone.",),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_trainable_sets_on_the_detector(name, tiny_detector, tiny_det):
+    cls, variant = resolve_method(name, "detect")
+    adapter = cls(tiny_detector, ClassPrompts(tiny_det.classnames, tiny_det.templates),
+                  method_config(cls, variant, name))
+    names = [n for n, _ in adapter.trainable_named_parameters()]
+    assert all(n.startswith(EXPECTED[name]) for n in names) if EXPECTED[name] else not names
+    assert adapter.trainable_count() == sum(p.numel() for _, p in adapter.trainable_named_parameters())
+    detector = {n for n, _ in tiny_detector.detector.named_parameters()}
+    if name == "lit:heads":
+        assert {n.removeprefix("backbone.detector.") for n in names if ".detector." in n} == detector
+        assert not any(n.startswith("backbone.image_tower.") for n in names)
+        text = [n for n in names if n.startswith("backbone.text_tower.")]
+        assert text and all("LayerNorm" in n for n in text)
+    if name == "full-ft":
+        assert adapter.trainable_count() == adapter.total_count()
+    if name in ("cones", "textual-inversion"):
+        assert adapter.trainable_count() == tiny_det.num_classes * (
+            24 if name == "cones" else tiny_detector.text_width)
+
+
+def test_linear_probe_and_non_detection_inputs_are_refused():
+    from tunebench.tasks.detection import Detect
+
+    def cell(**kw):
+        base = dict(task="detect", dataset="tiny-det", method="cones", backbone="tiny-detector", shots=1, seed=1)
+        return RunConfig(**{**base, **kw})
+
+    with pytest.raises(ConfigError, match="own classifier head"):
+        Detect().validate(cell(method="linear-probe"))
+    with pytest.raises(ConfigError, match="needs a detection dataset"):
+        Detect().validate(cell(dataset="tiny-shapes"))
+    with pytest.raises(ConfigError, match="no parameter group 'detector_heads'"):
+        tiny = BACKBONES.get("tiny-clip")(None)
+        cls, variant = resolve_method("lit:heads")
+        cls(tiny, ClassPrompts(("a",), ("{}",)), method_config(cls, variant, "lit"))
+
+
+def test_detector_losses_and_gradients_reach_only_what_trains(tiny_detector, tiny_det):
+    from tunebench.models.detector import to_image_list
+
+    split = tiny_det.split("train")
+    images = to_image_list([tiny_detector.pixels(split.load(p)) for p in range(3)])
+    targets = [{k: torch.from_numpy(v) for k, v in split.target(p).items()} for p in range(3)]
+    tiny_detector.detector.requires_grad_(True)
+    classes = torch.nn.functional.normalize(torch.randn(tiny_det.num_classes, 24), dim=-1)
+    losses = tiny_detector.detector.losses(tiny_detector.image_tower, images, targets, classes, train_tower=False)
+    assert set(losses) >= {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(p.grad is None for p in tiny_detector.image_tower.parameters())
+    assert tiny_detector.detector.region_projection.weight.grad is not None
+    out = tiny_detector.detector.detect_regions(tiny_detector.image_tower, images)
+    assert len(out) == 3 and out[0]["embeddings"].shape[1] == 24
+    assert torch.allclose(out[0]["embeddings"].norm(dim=-1), torch.ones(len(out[0]["boxes"])), atol=1e-5)
+
+
+def _config(method: str, shots: int = 2, **train) -> RunConfig:
+    cls, variant = resolve_method(method, "detect")
+    settings = {"steps": 3, "batch_size": 4, "warmup_steps": 1, **train}
+    return RunConfig(task="detect", dataset="tiny-det", method=method, backbone="tiny-detector",
+                     shots=shots if cls.trains else 0, seed=1 if cls.trains else 0,
+                     train=TrainConfig(**settings),
+                     method_config=dict(method_config(cls, variant, method).__dict__),
+                     task_config={"test_images": 6, "images_per_batch": 4, "pictures": 2,
+                                  "picture_min_score": 0.3})
+
+
+@pytest.mark.parametrize("method", ["zero-shot", "cones", "coop", "textual-inversion", "lit:heads", "full-ft"])
+def test_end_to_end_detect_run_stores_metrics_and_pictures(method, tmp_path):
+    from tunebench.bench.runner import Runner
+
+    config = _config(method)
+    record = Runner(tmp_path).run(config)
+    assert record["status"] == "ok", record.get("traceback")
+    metrics = record["metrics"]
+    for key in ("novel_bbox_ap", "novel_segm_ap", "base_bbox_ap", "all_bbox_ap50"):
+        assert key in metrics and (metrics[key] is None or 0.0 <= metrics[key] <= 1.0)
+    assert metrics["test_images"] == 6
+    picture = tmp_path / record["pictures"]["predictions"]
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cached = method in ("zero-shot", "cones", "coop", "textual-inversion")
+    assert record["image_input"] == ("cached-regions" if cached else "pixels")
+    if cached and method != "zero-shot":
+        assert record["train_seconds"] > 0 and record["trainable_params"] > 0
+
+
+def test_cached_training_changes_only_the_class_embeddings(tmp_path):
+    from tunebench.bench.runner import Runner
+
+    runner = Runner(tmp_path)
+    pristine = copy.deepcopy(runner._pristine_backbone(_config("cones")))
+    record = runner.run(_config("cones", steps=5))
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / record["artifact"]["path"])
+    assert set(saved) == {"concepts"}
+    # The runner's pristine detector is untouched by the run (each run gets a copy).
+    after = runner._pristine_backbone(_config("cones"))
+    for (name, a), (_, b) in zip(pristine.state_dict().items(), after.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_region_cache_is_reused_across_methods(tmp_path, monkeypatch):
+    from tunebench.bench.runner import Runner
+
+    monkeypatch.setenv("TUNEBENCH_CACHE_DIR", str(tmp_path / "cache"))  # start with no regions
+    runner = Runner(tmp_path)
+    first = runner.run(_config("cones"))
+    second = runner.run(_config("textual-inversion"))
+    assert first["feature_seconds"] > 0
+    assert second["feature_seconds"] == 0  # same detector, images and splits: all cached

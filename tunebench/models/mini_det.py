@@ -1,0 +1,298 @@
+"""Detection backbones: a CLIP whose image side is an open-vocabulary detector.
+
+- ``det:NAME`` puts a detector (``detector.py``) on the image tower of backbone NAME
+  (mini-clip, lite0-minilm, tiny-clip, ...); ``--pretrained FILE`` loads the detector's
+  weights (a state dict of ``detector.*`` keys, as ``tunebench build mini-det`` saves),
+  otherwise its heads are random and only good for testing the pipeline.
+- ``mini-det`` is ``det:mini-clip`` with the weights of ``tunebench build mini-det``.
+
+How mini-det is built (F-VLM's recipe, small): the whole CLIP stays frozen — image
+tower included, so its features are the ones every classification method sees — and
+only the detector parts train, on the ``base`` split of ``det-mnist`` (canvases that
+hold base-class objects only; novel classes never appear). Regions are classified
+against the frozen text embeddings of the base-class prompts, and, as in ViLD, the
+embedding of each object's region is also pulled (cosine distance) towards mini-clip's own image
+embedding of that object's crop, which keeps region embeddings in the joint space
+where novel classes can later be told apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunebench.bench.progress import progress
+from tunebench.errors import ConfigError
+from tunebench.models.builds import build_lock, write_build
+from tunebench.models.checkpoints import file_digest, load_state_file
+from tunebench.models.detector import Detector, DetectorSpec, pyramid_taps, to_image_list
+from tunebench.models.two_tower import TwoTowerClip
+from tunebench.paths import tunebench_cache_dir
+from tunebench.registry import BACKBONES, BUILDS
+
+RECIPE = {
+    "version": 1,
+    "base_backbone": "mini-clip",
+    "dataset": "det-mnist",
+    "split": "base",
+    "detector": DetectorSpec().to_dict(),
+    "steps": 1200,
+    "batch_size": 8,
+    "lr": 1e-3,
+    "warmup_steps": 100,
+    "weight_decay": 1e-4,
+    "grad_clip": 10.0,
+    "distill_weight": 1.0,
+    "distill_crop_size": 64,  # crops are encoded as the classification track sees images
+    "seed": 0,
+}
+
+
+class DetectionClip(TwoTowerClip):
+    """A two-tower CLIP plus a detector on its image tower.
+
+    Methods see the same text side (tokenizer, token embeddings, text tower and
+    projection), so zero-shot, ConES, CoOp and textual inversion run unchanged; the
+    image projection is gone (regions have their own, ``detector.region_projection``).
+    Extra parameter group ``detector_heads`` (every detector part) serves ``lit``.
+    """
+
+    def __init__(self, clip: TwoTowerClip, detector: Detector, content_id: str) -> None:
+        nn.Module.__init__(self)
+        self.image_tower = clip.image_tower
+        self.image_projection = nn.Identity()
+        self.text_tower = clip.text_tower
+        self.text_projection = clip.text_projection
+        self.logit_scale = clip.logit_scale
+        self.detector = detector
+        self.tokenizer = clip.tokenizer
+        self.max_length = clip.max_length
+        self.image_mean, self.image_std = clip.image_mean, clip.image_std
+        self.default_image_size = clip.default_image_size
+        self.content_id = content_id
+        self.group_patterns = dict(clip.group_patterns)
+        self.group_patterns["projection"] = (r"^text_projection\.", r"^detector\.region_projection\.")
+        self.group_patterns["detector_heads"] = (r"^detector\.",)
+
+    def pixels(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 → normalised (3, H, W) at the image's own size (no resize:
+        boxes and masks stay in the annotation's pixel coordinates)."""
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+        mean = torch.tensor(self.image_mean).view(3, 1, 1)
+        std = torch.tensor(self.image_std).view(3, 1, 1)
+        return (x - mean) / std
+
+
+def attach_detector(clip, spec: DetectorSpec, content_id: str) -> DetectionClip:
+    if not isinstance(clip, TwoTowerClip):
+        raise ConfigError(f"detection needs a two-tower CNN backbone (mini-clip, lite0-minilm, towers:...); "
+                          f"{type(clip).__name__} is not one")
+    try:
+        taps = pyramid_taps(clip.image_tower)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    embed_dim = clip.text_projection.out_features
+    return DetectionClip(clip, Detector(taps, embed_dim, spec), content_id)
+
+
+def _load_detector_weights(model: DetectionClip, path: str | Path) -> None:
+    state = load_state_file(path)
+    state = {k.removeprefix("detector."): v for k, v in state.items()}
+    missing, unexpected = model.detector.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ConfigError(f"{path} does not fit this detector ({len(missing)} missing, "
+                          f"{len(unexpected)} unexpected keys): was it saved by tunebench build mini-det?")
+
+
+@BACKBONES.register("det:")
+def build_detection_backbone(argument: str, *, pretrained: str | None = None) -> DetectionClip:
+    builder, inner = BACKBONES.resolve(argument)
+    clip = builder(inner)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)  # the same random heads in every process: runs stay comparable
+    try:
+        model = attach_detector(clip, DetectorSpec(), f"det-{clip.content_id}-random")
+    finally:
+        torch.random.set_rng_state(generator_state)
+    if pretrained:
+        _load_detector_weights(model, pretrained)
+        model.content_id = f"det-{clip.content_id}-{file_digest(pretrained)}"
+    else:
+        warnings.warn(f"det:{argument} has random detector heads (no --pretrained file): its results "
+                      "mean nothing beyond testing the pipeline", stacklevel=2)
+    return model.eval()
+
+
+# Test-sized detector parts for tiny-detector (tiny-clip's towers): milliseconds a step.
+TINY_SPEC = DetectorSpec(fpn_channels=16, representation=32, anchor_sizes=((12, 18), (24, 36)),
+                         mask_channels=8, proposals_train=64, proposals_test=32, regions_per_image=32)
+
+
+@BACKBONES.register("tiny-detector")
+def build_tiny_detector(argument: str | None = None, *, pretrained: str | None = None) -> DetectionClip:
+    """det:tiny-clip with tiny heads (fixed seed): the detection tests' backbone."""
+    clip = BACKBONES.get("tiny-clip")(None)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        model = attach_detector(clip, TINY_SPEC, "tiny-detector-seed0")
+    finally:
+        torch.random.set_rng_state(generator_state)
+    if pretrained:
+        _load_detector_weights(model, pretrained)
+        model.content_id = f"tiny-detector-{file_digest(pretrained)}"
+    return model.eval()
+
+
+def recipe_hash() -> str:
+    return hashlib.sha256(json.dumps(RECIPE, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def built_dir() -> Path:
+    return tunebench_cache_dir() / "models" / f"mini-det-{recipe_hash()}"
+
+
+@BACKBONES.register("mini-det")
+def build_mini_det_backbone(argument: str | None = None, *, pretrained: str | None = None) -> DetectionClip:
+    """mini-det from its built weights (``pretrained`` = a built folder, else the cache);
+    built first, once per machine, when the cache has none."""
+    folder = Path(pretrained).expanduser() if pretrained else built_dir()
+    weights = folder / "weights.safetensors"
+    if not weights.is_file():
+        if pretrained:
+            raise ConfigError(f"no built mini-det in {folder} (run: tunebench build mini-det)")
+        build_mini_det()
+    clip = BACKBONES.get(RECIPE["base_backbone"])(None)
+    model = attach_detector(clip, DetectorSpec(**RECIPE["detector"]), "")
+    _load_detector_weights(model, weights)
+    model.content_id = f"mini-det-{file_digest(weights)}-{clip.content_id}"
+    return model.eval()
+
+
+def _targets(model: DetectionClip, split, positions, label_map: dict[int, int], embeddings=None):
+    pixels, targets = [], []
+    for position in positions:
+        target = split.target(position)
+        keep = np.isin(target["labels"], list(label_map))
+        item = {
+            "boxes": torch.from_numpy(target["boxes"][keep]),
+            "labels": torch.tensor([label_map[int(lab)] for lab in target["labels"][keep]], dtype=torch.long),
+            "masks": torch.from_numpy(target["masks"][keep]),
+        }
+        if embeddings is not None:
+            item["embeddings"] = embeddings[position][torch.from_numpy(np.flatnonzero(keep))]
+        pixels.append(model.pixels(split.load(position)))
+        targets.append(item)
+    return to_image_list(pixels), targets
+
+
+@torch.no_grad()
+def crop_embeddings(clip: TwoTowerClip, split, size: int, batch_size: int = 256) -> dict[int, torch.Tensor]:
+    """mini-clip's normalised image embedding of every annotated object's crop (its box,
+    padded to a square), per image position: the distillation targets."""
+    crops, owners = [], []
+    for position in range(len(split)):
+        image, target = split.load(position), split.target(position)
+        height, width = image.shape[:2]
+        for x1, y1, x2, y2 in target["boxes"]:
+            cx, cy, half = (x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1) / 2 + 2
+            box = [int(max(0, cx - half)), int(max(0, cy - half)),
+                   int(min(width, cx + half)), int(min(height, cy + half))]
+            crop = image[box[1] : box[3], box[0] : box[2]]
+            crops.append(clip.preprocess(crop[None], size)[0])
+            owners.append(position)
+    out: dict[int, list[torch.Tensor]] = {p: [] for p in range(len(split))}
+    for start in range(0, len(crops), batch_size):
+        batch = torch.stack(crops[start : start + batch_size])
+        embedded = F.normalize(clip.encode_image(batch), dim=-1)
+        for owner, row in zip(owners[start : start + batch_size], embedded, strict=True):
+            out[owner].append(row)
+    return {p: torch.stack(rows) if rows else torch.zeros(0, clip.text_projection.out_features)
+            for p, rows in out.items()}
+
+
+@BUILDS.register("mini-det")
+def build_mini_det(force: bool = False) -> Path:
+    """Train mini-det's detector parts on det-mnist's base split; returns its folder."""
+    from tunebench.bench.training import optimizer_step, warmup_cosine
+    from tunebench.datasets import load_dataset
+    from tunebench.methods.base import ClassPrompts
+    from tunebench.methods.zero_shot import prompt_ensemble_embeddings
+    from tunebench.tasks.detection_eval import coco_metrics, coco_results, detections
+
+    target = built_dir()
+    with build_lock(target.parent / f".{target.name}.lock"):
+        if (target / "weights.safetensors").is_file() and not force:
+            return target
+        started = time.perf_counter()
+        torch.manual_seed(RECIPE["seed"])
+        dataset = load_dataset(RECIPE["dataset"])
+        split = dataset.split(RECIPE["split"])
+        clip = BACKBONES.get(RECIPE["base_backbone"])(None).eval()
+        model = attach_detector(clip, DetectorSpec(**RECIPE["detector"]), "mini-det-building")
+        model.requires_grad_(False)
+        model.detector.requires_grad_(True)
+        base = dataset.base_labels
+        label_map = {label: i for i, label in enumerate(base)}
+        with torch.no_grad():
+            class_embeddings = prompt_ensemble_embeddings(
+                clip, ClassPrompts(tuple(dataset.classnames[i] for i in base), dataset.templates))
+        embeddings = crop_embeddings(clip, split, RECIPE["distill_crop_size"])
+        params = [p for p in model.detector.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=RECIPE["lr"], weight_decay=RECIPE["weight_decay"])
+        steps = RECIPE["steps"]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: warmup_cosine(s, warmup=RECIPE["warmup_steps"], total=steps))
+        rng = np.random.default_rng(RECIPE["seed"])
+        bar = progress(range(steps), desc="building mini-det (detector heads)", unit="step")
+        history = []
+        for step in bar:
+            positions = rng.choice(len(split), size=RECIPE["batch_size"], replace=False)
+            images, targets = _targets(model, split, positions, label_map, embeddings)
+            losses = model.detector.losses(model.image_tower, images, targets, class_embeddings,
+                                           train_tower=False, distill_weight=RECIPE["distill_weight"])
+            loss = sum(losses.values())
+            value = optimizer_step(loss, optimizer, scheduler, params, grad_clip=RECIPE["grad_clip"], step=step)
+            history.append(value)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{np.mean(history[-50:]):.3f}")
+        model.eval()
+        # A sanity score for the record: zero-shot AP on det-mnist's test split.
+        test = dataset.split("test")
+        with torch.no_grad():
+            all_classes = prompt_ensemble_embeddings(clip, ClassPrompts(dataset.classnames, dataset.templates))
+        dets = {}
+        for start in range(0, len(test), 32):
+            positions = list(range(start, min(len(test), start + 32)))
+            images = to_image_list([model.pixels(test.load(p)) for p in positions])
+            for position, regions, size in zip(positions, model.detector.detect_regions(model.image_tower, images),
+                                               images.image_sizes, strict=True):
+                dets[position] = detections(regions, all_classes, model.detector, size)
+        metrics = coco_metrics(test, dataset, coco_results(test, dets, dataset.category_ids),
+                               [test.image_id(p) for p in range(len(test))])
+        state = {f"detector.{k}": v.detach().contiguous() for k, v in model.detector.state_dict().items()}
+        record = {
+            "recipe": RECIPE, "recipe_hash": recipe_hash(),
+            "build_seconds": round(time.perf_counter() - started, 1),
+            "final_train_loss": round(float(np.mean(history[-50:])), 4),
+            "zero_shot_test": {k: v for k, v in metrics.items() if k.endswith(("bbox_ap", "bbox_ap50", "segm_ap"))},
+        }
+        write_build(target, state, record)
+        zs = record["zero_shot_test"]
+        print(f"mini-det built in {record['build_seconds']} s: zero-shot test bbox AP50 base "
+              f"{zs['base_bbox_ap50']}, novel {zs['novel_bbox_ap50']}", file=sys.stderr)
+        return target
+
+
+# Part of every run's config hash; mini-det's weights depend on mini-clip's too.
+build_mini_det_backbone.version = f"recipe-{recipe_hash()}+mini-clip-{BACKBONES.get('mini-clip').version}"
+build_mini_det.summary = "open-vocabulary detector heads on frozen mini-clip, trained on det-mnist base classes"

@@ -1,0 +1,227 @@
+"""``detect``: few-shot open-vocabulary detection and instance segmentation (COCO AP).
+
+A cell tunes one method on K annotated images per class (``shots``; every class,
+base and novel, as in generalised few-shot detection) drawn from the dataset's
+``train`` split, then scores the ``test`` split with pycocotools: bbox AP, AP50, AP75
+and segm AP on novel and base classes apart.
+
+The detector classifies regions by their cosine to the method's class embeddings
+(``models/detector.py``), so the classification methods run unchanged:
+
+- methods that only learn class embeddings (zero-shot, cones, coop,
+  textual-inversion) leave the detector frozen. Its regions are computed once per
+  image into a shared cache (time kept out of train and eval, as the classification
+  track keeps frozen image features out), and a training step is region
+  classification: the cached proposals of the batch's images, every foreground one
+  and up to three background ones per foreground, against [background; classes];
+- methods that train detector or tower weights (``lit:heads``, ``full-ft``) run the
+  detector on pixels every step with every detection loss (RPN, classification, box,
+  mask), and are evaluated by running their tuned detector on the test images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tunebench.bench.config import RunConfig, build_dataclass, method_config
+from tunebench.bench.measure import Stopwatch
+from tunebench.bench.progress import progress
+from tunebench.bench.training import autocast_for, optimizer_step, warmup_cosine
+from tunebench.datasets import load_dataset
+from tunebench.datasets.detection import DetectionDataset, fewshot_images
+from tunebench.errors import ConfigError
+from tunebench.methods.base import ClassPrompts, resolve_method
+from tunebench.models.detector import to_image_list
+from tunebench.paths import tunebench_cache_dir
+from tunebench.registry import TASKS
+from tunebench.tasks.base import TaskContext, TaskResult
+from tunebench.tasks.detection_draw import draw_predictions
+from tunebench.tasks.detection_eval import coco_metrics, coco_results, detections
+from tunebench.tasks.detection_regions import RegionCache, compute_regions
+
+BACKGROUND_PER_OBJECT = 3  # background regions per foreground region in a cached step
+
+
+@dataclass
+class DetectConfig:
+    test_images: int | None = None  # evaluate the first N test images (null = all)
+    images_per_batch: int = 16  # when computing regions or evaluating
+    pictures: int = 4  # test images drawn with the run's predictions
+    picture_min_score: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.test_images is not None and self.test_images < 1:
+            raise ValueError("test_images must be >= 1 or null")
+        if self.images_per_batch < 1 or self.pictures < 0:
+            raise ValueError("images_per_batch must be >= 1 and pictures >= 0")
+
+
+@TASKS.register("detect")
+class Detect:
+    summary = "few-shot open-vocabulary detection + instance segmentation; metric: COCO bbox/segm AP (novel, base)"
+    config_class = DetectConfig
+    shots_unit = "images per class"
+
+    def validate(self, config: RunConfig) -> None:
+        dataset = load_dataset(config.dataset)
+        if not isinstance(dataset, DetectionDataset):
+            raise ConfigError(f"detect needs a detection dataset (det-mnist, det-textile, coco:PATH); "
+                              f"{config.dataset!r} is not one")
+        method_cls, _ = resolve_method(config.method, config.task)
+        if not getattr(method_cls, "uses_class_embeddings", True):
+            raise ConfigError(f"method {config.method!r} has its own classifier head, not class embeddings, "
+                              "so it cannot score detector regions; use zero-shot, cones, coop, "
+                              "textual-inversion, lit or full-ft")
+        method_config(method_cls, config.method_config, f"method_config.{config.method}")
+        build_dataclass(DetectConfig, config.task_config, "task_config")
+        dataset.split("test")
+        if method_cls.trains:
+            fewshot_images(dataset.split("train"), list(range(dataset.num_classes)), config.shots, config.seed)
+
+    def run(self, config: RunConfig, context: TaskContext) -> TaskResult:
+        dataset: DetectionDataset = load_dataset(config.dataset)
+        settings = build_dataclass(DetectConfig, config.task_config, "task_config")
+        method_cls, _ = resolve_method(config.method, config.task)
+        method_settings = method_config(method_cls, config.method_config, f"method_config.{config.method}")
+        backbone, device, train_cfg = context.backbone, context.device, config.train
+        if not hasattr(backbone, "detector"):
+            raise ConfigError(f"backbone {config.backbone!r} has no detector: use mini-det or det:NAME")
+        cache = RegionCache(tunebench_cache_dir() / "regions")
+        train_watch, eval_watch = Stopwatch(device), Stopwatch(device)
+
+        with train_watch.measure():  # building the adapter (e.g. ConES's text pass) is tuning cost
+            adapter = method_cls(backbone, ClassPrompts(dataset.classnames, dataset.templates),
+                                 method_settings).to(device)
+        live = backbone.image_tower_trains() or any(p.requires_grad for p in backbone.detector.parameters())
+
+        outcome, positions = None, []
+        if method_cls.trains:
+            train_split = dataset.split("train")
+            positions = fewshot_images(train_split, list(range(dataset.num_classes)), config.shots, config.seed)
+            if live:
+                with train_watch.measure():
+                    outcome = _train_live(adapter, train_split, positions, config, device)
+            else:
+                regions = cache.get(backbone, dataset, "train", positions, "train", device=device,
+                                    batch_size=settings.images_per_batch)
+                with train_watch.measure():
+                    outcome = _train_cached(adapter, regions, positions, config, device)
+
+        test = dataset.split("test")
+        test_positions = list(range(len(test)))[: settings.test_images]
+        if live:  # the tuned detector must see the test images itself: evaluation cost
+            with eval_watch.measure():
+                regions = compute_regions(backbone, test, test_positions, "test", device=device,
+                                          batch_size=settings.images_per_batch, desc="regions (tuned detector)")
+        else:
+            regions = cache.get(backbone, dataset, "test", test_positions, "test", device=device,
+                                batch_size=settings.images_per_batch)
+        with eval_watch.measure():
+            adapter.eval()
+            with torch.no_grad(), autocast_for(device, train_cfg.precision):
+                classes = adapter.class_embeddings().float()
+            dets = {p: detections(regions[p], classes, backbone.detector, tuple(test.load(p).shape[:2]))
+                    for p in test_positions}
+            metrics = coco_metrics(test, dataset, coco_results(test, dets, dataset.category_ids),
+                                   [test.image_id(p) for p in test_positions])
+        pictures = {}
+        if settings.pictures:
+            shown = test_positions[: settings.pictures]
+            pictures["predictions"] = draw_predictions(
+                [test.load(p) for p in shown], [dets[p] for p in shown], dataset.classnames, dataset.novel,
+                min_score=settings.picture_min_score)
+        metrics.update(
+            test_images=len(test_positions),
+            train_images=len(positions),
+            train_objects=int(sum(len(dataset.split("train").target(p)["labels"]) for p in positions)),
+            final_train_loss=None if outcome is None else round(outcome["loss"], 5),
+        )
+        return TaskResult(
+            adapter=adapter, metrics=metrics,
+            train_seconds=train_watch.seconds, eval_seconds=eval_watch.seconds,
+            feature_seconds=cache.seconds_computing,
+            steps=0 if outcome is None else outcome["steps"],
+            images_seen=0 if outcome is None else outcome["images_seen"],
+            image_input="pixels" if live else "cached-regions",
+            pictures=pictures,
+        )
+
+
+class _Batches:
+    """Image positions in reshuffled epochs, as the classification loop draws them."""
+
+    def __init__(self, positions: list[int], batch: int, seed: int) -> None:
+        self.positions = np.asarray(positions)
+        self.batch = min(batch, len(positions))
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order, self.cursor = torch.randperm(len(positions), generator=self.generator), 0
+
+    def next(self) -> list[int]:
+        if self.cursor + self.batch > len(self.order):
+            self.order, self.cursor = torch.randperm(len(self.positions), generator=self.generator), 0
+        chosen = self.order[self.cursor : self.cursor + self.batch]
+        self.cursor += self.batch
+        return [int(p) for p in self.positions[chosen.numpy()]]
+
+
+def _optimizer(adapter, train_cfg):
+    groups = adapter.optimizer_groups()
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups)
+    warmup = min(train_cfg.warmup_steps, train_cfg.steps // 2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, warmup=warmup, total=train_cfg.steps))
+    return params, optimizer, scheduler
+
+
+def _train_cached(adapter, regions: dict[int, dict], positions, config: RunConfig, device) -> dict:
+    """Region classification on a frozen detector's cached regions."""
+    train_cfg, detector = config.train, adapter.backbone.detector
+    params, optimizer, scheduler = _optimizer(adapter, train_cfg)
+    batches = _Batches(positions, train_cfg.batch_size, config.seed)
+    sampler = torch.Generator().manual_seed(config.seed + 1)
+    adapter.train()
+    loss_value = float("nan")
+    for step in progress(range(train_cfg.steps), desc=config.label, unit="step", inner=True):
+        embeddings, labels = [], []
+        for position in batches.next():
+            region = regions[position]
+            fg = torch.where(region["labels"] > 0)[0]
+            bg = torch.where(region["labels"] == 0)[0]
+            bg = bg[torch.randperm(len(bg), generator=sampler)[: BACKGROUND_PER_OBJECT * max(1, len(fg))]]
+            keep = torch.cat([fg, bg])
+            embeddings.append(region["embeddings"][keep])
+            labels.append(region["labels"][keep])
+        with autocast_for(device, train_cfg.precision):
+            logits = detector.logits(torch.cat(embeddings).to(device), adapter.class_embeddings())
+        loss = F.cross_entropy(logits.float(), torch.cat(labels).to(device))
+        loss_value = optimizer_step(loss, optimizer, scheduler, params, grad_clip=train_cfg.grad_clip, step=step)
+    adapter.eval()
+    return {"steps": train_cfg.steps, "images_seen": train_cfg.steps * batches.batch, "loss": loss_value}
+
+
+def _train_live(adapter, split, positions, config: RunConfig, device) -> dict:
+    """Every detection loss through the (partly) trainable detector, on pixels."""
+    train_cfg, backbone = config.train, adapter.backbone
+    params, optimizer, scheduler = _optimizer(adapter, train_cfg)
+    batches = _Batches(positions, train_cfg.batch_size, config.seed)
+    train_tower = backbone.image_tower_trains()
+    targets_of = {p: split.target(p) for p in positions}
+    adapter.train()
+    loss_value = float("nan")
+    for step in progress(range(train_cfg.steps), desc=config.label, unit="step", inner=True):
+        chosen = batches.next()
+        images = to_image_list([backbone.pixels(split.load(p)) for p in chosen]).to(device)
+        targets = [{k: torch.from_numpy(targets_of[p][k]).to(device) for k in ("boxes", "labels", "masks")}
+                   for p in chosen]
+        with autocast_for(device, train_cfg.precision):
+            losses = backbone.detector.losses(backbone.image_tower, images, targets, adapter.class_embeddings(),
+                                              train_tower=train_tower)
+        loss = sum(v.float() for v in losses.values())
+        loss_value = optimizer_step(loss, optimizer, scheduler, params, grad_clip=train_cfg.grad_clip, step=step)
+    adapter.eval()
+    return {"steps": train_cfg.steps, "images_seen": train_cfg.steps * batches.batch, "loss": loss_value}
