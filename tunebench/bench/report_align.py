@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import csv
 import io
-import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunebench.bench.report_common import (
+    markdown_table,
+    mean_of,
+    percent_cell,
+    seed_statistics,
+    share,
+)
 from tunebench.bench.store import atomic_write_text
 
 TASK = "align"
@@ -67,10 +73,6 @@ class AlignCell:
         return self.means[METRIC]
 
 
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-
-
 def summarise(runs) -> list[AlignCell]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
@@ -78,19 +80,14 @@ def summarise(runs) -> list[AlignCell]:
     cells = []
     for (backbone, dataset, method, pairs), group in groups.items():
         group.sort(key=lambda r: (r["seed"], r["config_hash"]))
-        names = sorted({k for r in group for k, v in r["metrics"].items() if _number(v)})
-        means, stds = {}, {}
-        for name in names:
-            values = [float(r["metrics"][name]) for r in group if _number(r["metrics"].get(name))]
-            means[name] = statistics.fmean(values)
-            stds[name] = statistics.stdev(values) if len(values) > 1 else 0.0
+        means, stds = seed_statistics(group)
         steps = {r.get("steps") for r in group}
         cells.append(AlignCell(
             backbone=backbone, dataset=dataset, method=method, pairs=pairs,
             seeds=tuple(r["seed"] for r in group), means=means, stds=stds,
-            train_seconds_mean=statistics.fmean(float(r["train_seconds"]) for r in group),
-            trainable_params=round(statistics.fmean(r["trainable_params"] for r in group)),
-            total_params=round(statistics.fmean(r["total_params"] for r in group)),
+            train_seconds_mean=mean_of(group, "train_seconds"),
+            trainable_params=round(mean_of(group, "trainable_params")),
+            total_params=round(mean_of(group, "total_params")),
             steps=steps.pop() if len(steps) == 1 else None,
         ))
     cells.sort(key=lambda c: (c.group, method_key(c.method)))
@@ -120,23 +117,6 @@ def best_under(cells: list[AlignCell], full: AlignCell, budget: float) -> AlignC
 # ---- formatting ----------------------------------------------------------------------
 
 
-def _pct(cell: AlignCell, name: str) -> str:
-    if name not in cell.means:
-        return "—"
-    mean, std = 100 * cell.means[name], 100 * cell.stds[name]
-    return f"{mean:.1f}" if len(cell.seeds) == 1 else f"{mean:.1f} ± {std:.1f}"
-
-
-def _share(p: float) -> str:
-    if p == 0:
-        return "0%"
-    return f"{p:.1f}%" if p >= 1 else f"{p:#.2g}%"
-
-
-def _table(header, rows, align) -> list[str]:
-    rule = ["---" if a == "l" else "---:" for a in align]
-    return ["| " + " | ".join(line) + " |" for line in (header, rule, *rows)]
-
 
 def groups_of(cells) -> dict[tuple, list[AlignCell]]:
     """Cells per (backbone, dataset, pairs). Runs that train nothing (zero-shot, 0 pairs)
@@ -164,8 +144,8 @@ def _group_tables(group: tuple, cells: list[AlignCell]) -> list[str]:
     rows = []
     for c in cells:
         rows.append([
-            c.method, _share(c.trainable_percent), f"{c.trainable_params:,}", _pct(c, METRIC),
-            *(_pct(c, name) for name in RETRIEVAL),
+            c.method, share(c.trainable_percent), f"{c.trainable_params:,}", percent_cell(c, METRIC),
+            *(percent_cell(c, name) for name in RETRIEVAL),
             f"{100 * c.r1 / full.r1:.0f}%" if full and full.r1 > 0 else "—",
             f"{c.train_seconds_mean:.1f}", str(len(c.seeds)),
         ])
@@ -174,7 +154,7 @@ def _group_tables(group: tuple, cells: list[AlignCell]) -> list[str]:
         f"Held-out retrieval recall in percent (mean ± std over seeds){budget}. "
         "*of full*: mean R@1 as a share of full training's"
         + (f" (`{full.method}`)." if full else " (no all-parameters run in this group)."), "",
-        *_table(header, rows, "l" + "r" * (len(header) - 1)), "",
+        *markdown_table(header, rows, "l" + "r" * (len(header) - 1)), "",
     ]
     transfer = sorted({k for c in cells for k in c.means if k.startswith(ZERO_SHOT_PREFIX)})
     knowledge = [k for k in KNOWLEDGE if any(k in c.means for c in cells)]
@@ -183,10 +163,10 @@ def _group_tables(group: tuple, cells: list[AlignCell]) -> list[str]:
         header += ["ImageNet agreement %" if k == "imagenet_agreement" else "Text drift" for k in knowledge]
         rows = []
         for c in cells:
-            row = [c.method, *(_pct(c, k) for k in transfer)]
+            row = [c.method, *(percent_cell(c, k) for k in transfer)]
             for k in knowledge:
                 if k == "imagenet_agreement":
-                    row.append(_pct(c, k))
+                    row.append(percent_cell(c, k))
                 else:
                     row.append(f"{c.means[k]:.4f}" if k in c.means else "—")
             rows.append(row)
@@ -195,7 +175,7 @@ def _group_tables(group: tuple, cells: list[AlignCell]) -> list[str]:
             "*ImageNet agreement*: share of the probe photos whose ImageNet top-1 class is "
             "unchanged from the pretrained image tower; *Text drift*: mean absolute change of "
             "the pretrained text tower's pairwise sentence cosine similarities (0 = unchanged).", "",
-            *_table(header, rows, "l" + "r" * (len(header) - 1)), "",
+            *markdown_table(header, rows, "l" + "r" * (len(header) - 1)), "",
         ]
     return lines
 
@@ -210,7 +190,7 @@ def _headline(groups: dict[tuple, list[AlignCell]]) -> list[str]:
         row = [where, f"`{full.method}` {100 * full.r1:.1f}"]
         for percent in THRESHOLDS:
             hit = smallest_within(cells, full, percent)
-            row.append(f"`{hit.method}` ({_share(hit.trainable_percent)})" if hit else "none")
+            row.append(f"`{hit.method}` ({share(hit.trainable_percent)})" if hit else "none")
         for budget in BUDGETS:
             best = best_under(cells, full, budget)
             row.append(f"{100 * best.r1 / full.r1:.0f}% (`{best.method}`)" if best else "—")
@@ -225,7 +205,7 @@ def _headline(groups: dict[tuple, list[AlignCell]]) -> list[str]:
         "For each group, the preset with the fewest trainable parameters whose mean R@1 is "
         "within X% of full training's (all parameters updated), and the best share of full "
         "training's R@1 reached while training at most 1% or 7% of the parameters.", "",
-        *_table(header, rows, "l" * 2 + "l" * len(THRESHOLDS) + "r" * len(BUDGETS)), "",
+        *markdown_table(header, rows, "l" * 2 + "l" * len(THRESHOLDS) + "r" * len(BUDGETS)), "",
     ]
 
 

@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import csv
 import io
-import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunebench.bench.report_common import (
+    markdown_table,
+    mean_of,
+    percent_cell,
+    seed_statistics,
+    share,
+)
 from tunebench.bench.store import atomic_write_text
 
 TASK = "detect"
@@ -72,10 +78,6 @@ class DetectCell:
     num_classes = None  # no chance line: AP has no chance level
 
 
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-
-
 def summarise(runs) -> list[DetectCell]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
@@ -83,19 +85,14 @@ def summarise(runs) -> list[DetectCell]:
     cells = []
     for (dataset, backbone, method, shots), group in groups.items():
         group.sort(key=lambda r: (r["seed"], r["config_hash"]))
-        names = sorted({k for r in group for k, v in r["metrics"].items() if _number(v)})
-        means, stds = {}, {}
-        for name in names:
-            values = [float(r["metrics"][name]) for r in group if _number(r["metrics"].get(name))]
-            means[name] = statistics.fmean(values)
-            stds[name] = statistics.stdev(values) if len(values) > 1 else 0.0
+        means, stds = seed_statistics(group)
         cells.append(DetectCell(
             dataset=dataset, backbone=backbone, method=method, shots=shots,
             seeds=tuple(r["seed"] for r in group), means=means, stds=stds,
-            train_seconds_mean=statistics.fmean(float(r["train_seconds"]) for r in group),
-            eval_seconds_mean=statistics.fmean(float(r["eval_seconds"]) for r in group),
-            trainable_params=round(statistics.fmean(r["trainable_params"] for r in group)),
-            total_params=round(statistics.fmean(r["total_params"] for r in group)),
+            train_seconds_mean=mean_of(group, "train_seconds"),
+            eval_seconds_mean=mean_of(group, "eval_seconds"),
+            trainable_params=round(mean_of(group, "trainable_params")),
+            total_params=round(mean_of(group, "total_params")),
             pictures=tuple((r["seed"], r["pictures"]["predictions"]) for r in group
                            if isinstance(r.get("pictures"), dict) and "predictions" in r["pictures"]),
         ))
@@ -114,10 +111,7 @@ def groups_of(cells) -> dict[tuple, list[DetectCell]]:
 
 
 def _ap(cell: DetectCell | None, name: str = METRIC) -> str:
-    if cell is None or name not in cell.means:
-        return "—"
-    mean, std = 100 * cell.means[name], 100 * cell.stds[name]
-    return f"{mean:.1f}" if len(cell.seeds) == 1 else f"{mean:.1f} ± {std:.1f}"
+    return percent_cell(cell, name)
 
 
 def _count(n: int) -> str:
@@ -125,17 +119,6 @@ def _count(n: int) -> str:
         if n >= size:
             return f"{n / size:.1f}{suffix}"
     return str(n)
-
-
-def _share(p: float) -> str:
-    if p == 0:
-        return "0%"
-    return f"{p:.1f}%" if p >= 1 else f"{p:#.2g}%"
-
-
-def _table(header, rows, align) -> list[str]:
-    rule = ["---" if a == "l" else "---:" for a in align]
-    return ["| " + " | ".join(line) + " |" for line in (header, rule, *rows)]
 
 
 def _group_section(group: tuple, cells: list[DetectCell]) -> list[str]:
@@ -150,7 +133,7 @@ def _group_section(group: tuple, cells: list[DetectCell]) -> list[str]:
     for method in methods:
         seeds = max((len(c.seeds) for c in cells if c.method == method), default=0)
         rows.append([f"`{method}`", *[_ap(at.get((method, k))) for k in columns], str(seeds)])
-    lines += _table(["Method", *[f"{k}-shot" for k in columns], "Seeds"], rows, "l" + "r" * (len(columns) + 1))
+    lines += markdown_table(["Method", *[f"{k}-shot" for k in columns], "Seeds"], rows, "l" + "r" * (len(columns) + 1))
     top = shots[-1] if shots else 0
     lines += ["", f"At {top} images per class: every COCO number (%), cost and size. *Train s* and *Eval s* "
               "are wall-clock per run (mean over seeds); frozen-detector regions are computed once into a "
@@ -161,9 +144,9 @@ def _group_section(group: tuple, cells: list[DetectCell]) -> list[str]:
         if cell is None:
             continue
         rows.append([f"`{method}`", *[_ap(cell, name) for name in DETAIL], _count(cell.trainable_params),
-                     _share(cell.trainable_percent), f"{cell.train_seconds_mean:.1f}",
+                     share(cell.trainable_percent), f"{cell.train_seconds_mean:.1f}",
                      f"{cell.eval_seconds_mean:.1f}"])
-    lines += _table(["Method", *DETAIL_NAMES, "Trainable", "% trainable", "Train s", "Eval s"], rows,
+    lines += markdown_table(["Method", *DETAIL_NAMES, "Trainable", "% trainable", "Train s", "Eval s"], rows,
                     "l" + "r" * (len(DETAIL) + 4))
     lines += [""] + _versus_reference(at, shots) + _pictures(cells, top)
     return lines
@@ -188,7 +171,7 @@ def _versus_reference(at: dict, shots: list[int]) -> list[str]:
                          f"{100 * (ref.ap - other.ap):+.1f}", f"{ratio:.1f}×"])
     return [f"`{REFERENCE}` against the input-side methods (novel box AP; time = rival's train s / "
             f"{REFERENCE}'s):", "",
-            *_table(["Shots", "Rival", f"{REFERENCE} AP", "Rival AP", "Δ AP (points)", "Rival time / cones"],
+            *markdown_table(["Shots", "Rival", f"{REFERENCE} AP", "Rival AP", "Δ AP (points)", "Rival time / cones"],
                     rows, "lrrrrr"), ""]
 
 
