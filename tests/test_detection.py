@@ -243,3 +243,28 @@ def test_region_cache_is_reused_across_methods(tmp_path, monkeypatch):
     second = runner.run(_config("textual-inversion"))
     assert first["feature_seconds"] > 0
     assert second["feature_seconds"] == 0  # same detector, images and splits: all cached
+
+
+def test_detector_checkpoint_loads_from_a_local_file(tmp_path):
+    """det:NAME --pretrained FILE: the detector's weights from a local state dict; a file
+    that does not fit says so in one line."""
+    from safetensors.torch import save_file
+
+    from tunebench.bench.runner import backbone_version
+
+    builder, argument = BACKBONES.resolve("det:tiny-clip")
+    with pytest.warns(UserWarning, match="random detector heads"):
+        random = builder(argument)
+    state = {f"detector.{k}": v.clone() + 0.5 for k, v in random.detector.state_dict().items()}
+    path = tmp_path / "detector.safetensors"
+    save_file(state, str(path))
+    loaded = builder(argument, pretrained=str(path))
+    for key, value in loaded.detector.state_dict().items():
+        assert torch.equal(value, state[f"detector.{key}"]), key
+    assert loaded.content_id != random.content_id
+    assert backbone_version("det:tiny-clip", str(path))  # the file's identity enters config hashes
+    save_file({"detector.nonsense": torch.zeros(1)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ConfigError, match="does not fit this detector"):
+        builder(argument, pretrained=str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ConfigError, match="checkpoint not found"):
+        builder(argument, pretrained=str(tmp_path / "missing.safetensors"))

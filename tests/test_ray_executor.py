@@ -92,6 +92,24 @@ def test_ray_gives_the_same_cells_and_metrics_as_local(tmp_path, local_ray):
     assert not leftovers(remote)
 
 
+def test_ray_brings_run_pictures_back_to_the_driver(tmp_path, local_ray):
+    """A cell's pictures (here a detection run's predictions) travel like its artifact:
+    the worker returns the bytes, the driver writes them before the record."""
+    sweep = write_sweep(tmp_path / "sweep.yaml", task="detect", backbone="tiny-detector",
+                        datasets=["tiny-det"], methods=["cones"], shots=[1],
+                        train={"steps": 2, "batch_size": 4, "save_artifacts": True},
+                        task_config={"test_images": 4, "pictures": 2})
+    remote = tmp_path / "ray"
+    assert main(["bench", str(sweep), "--results", str(remote), "--no-report",
+                 "--executor", "ray", "--ray-workers", "1"]) == 0
+    (record,) = stored(remote).values()
+    assert record["status"] == "ok", record["error"]
+    picture = remote / record["pictures"]["predictions"]
+    assert picture.read_bytes()[:4] == b"\x89PNG"
+    assert (remote / record["artifact"]["path"]).is_file()
+    assert not leftovers(remote)
+
+
 @pytest.mark.parametrize("max_retries", [1, 0])
 def test_killed_worker_is_retried_then_recorded(tmp_path, local_ray, monkeypatch, max_retries):
     marker = tmp_path / "killed-once"
