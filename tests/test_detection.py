@@ -268,3 +268,109 @@ def test_detector_checkpoint_loads_from_a_local_file(tmp_path):
         builder(argument, pretrained=str(tmp_path / "bad.safetensors"))
     with pytest.raises(ConfigError, match="checkpoint not found"):
         builder(argument, pretrained=str(tmp_path / "missing.safetensors"))
+
+
+def _write_folder(root, *, images=None, annotations=None, categories=None, size=(48, 48)):
+    """A tiny hand-made coco: folder (train and test the same) for bad-input tests."""
+    from PIL import Image
+
+    (root / "images" / "train").mkdir(parents=True)
+    (root / "images" / "test").mkdir(parents=True)
+    Image.fromarray(np.zeros(size, dtype=np.uint8)).save(root / "images" / "train" / "a.png")
+    Image.fromarray(np.zeros(size, dtype=np.uint8)).save(root / "images" / "test" / "a.png")
+    coco = {
+        "images": images if images is not None else [{"id": 1, "file_name": "a.png", "height": 48, "width": 48}],
+        "annotations": annotations if annotations is not None else [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 10, 10]}],
+        "categories": categories if categories is not None else [{"id": 1, "name": "thing"}],
+    }
+    (root / "annotations").mkdir()
+    for split in ("train", "test"):
+        (root / "annotations" / f"{split}.json").write_text(json.dumps(coco))
+    return root
+
+
+def test_user_coco_folders_get_defaults_or_one_line_errors(tmp_path):
+    dataset = load_coco_folder(_write_folder(tmp_path / "ok"), "ok")  # no iscrowd, area, segmentation
+    target = dataset.split("test").target(0)
+    assert target["masks"].sum() == 100  # the box stands in for the missing mask
+    ids = [dataset.split("test").image_id(0)]
+    truth = [{"image_id": 1, "category_id": 1, "bbox": [4, 4, 10, 10], "score": 1.0}]
+    assert coco_metrics(dataset.split("test"), dataset, truth, ids)["novel_bbox_ap"] == 1.0
+    json.dumps(dataset.split("test").coco)  # the evaluator left the dataset's own JSON intact
+
+    with pytest.raises(DataError, match="category_id 9, not in the categories"):
+        load_coco_folder(_write_folder(tmp_path / "cat", annotations=[
+            {"id": 1, "image_id": 1, "category_id": 9, "bbox": [1, 1, 5, 5]}]), "cat")
+    with pytest.raises(DataError, match="lacks \\['height'\\]"):
+        load_coco_folder(_write_folder(tmp_path / "h", images=[{"id": 1, "file_name": "a.png", "width": 48}]), "h")
+    with pytest.raises(DataError, match="fewer than 3 points"):
+        load_coco_folder(_write_folder(tmp_path / "poly", annotations=[
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "segmentation": [[1, 1, 5, 5]]}]),
+            "poly")
+    resized = load_coco_folder(_write_folder(tmp_path / "size", size=(64, 64)), "size")
+    with pytest.raises(DataError, match="is 64x64 px but its annotation says 48x48"):
+        resized.split("test").load(0)
+
+
+def test_subset_with_no_object_among_scored_images_is_none(tiny_det):
+    test = tiny_det.split("test")
+    without_novel = [p for p in range(len(test)) if not set(tiny_det.novel_labels) & test.labels_in(p)]
+    ids = [test.image_id(p) for p in without_novel]
+    novel_id = tiny_det.category_ids[tiny_det.novel_labels[0]]
+    false_positive = [{"image_id": ids[0], "category_id": novel_id, "bbox": [1, 1, 5, 5], "score": 0.9}]
+    assert coco_metrics(test, tiny_det, [], ids)["novel_bbox_ap"] is None
+    assert coco_metrics(test, tiny_det, false_positive, ids)["novel_bbox_ap"] is None
+
+
+def test_detector_losses_take_an_image_without_objects(tiny_detector, tiny_det):
+    from tunebench.models.detector import to_image_list
+
+    split = tiny_det.split("train")
+    images = to_image_list([tiny_detector.pixels(split.load(p)) for p in range(2)])
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
+             "masks": torch.zeros(0, 48, 48, dtype=torch.uint8)}
+    targets = [{k: torch.from_numpy(v) for k, v in split.target(0).items()}, empty]
+    tiny_detector.detector.requires_grad_(True)
+    classes = torch.nn.functional.normalize(torch.randn(tiny_det.num_classes, 24), dim=-1)
+    losses = tiny_detector.detector.losses(tiny_detector.image_tower, images, targets, classes, train_tower=True)
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_every_trainable_parameter_of_full_ft_gets_a_gradient(tiny_detector, tiny_det):
+    """True counts: full-ft on a detector counts only parameters that shape a detection
+    (no CLIP temperature, image projection or text pooler left over)."""
+    from tunebench.models.detector import to_image_list
+
+    cls, variant = resolve_method("full-ft", "detect")
+    adapter = cls(tiny_detector, ClassPrompts(tiny_det.classnames, tiny_det.templates),
+                  method_config(cls, variant, "full-ft"))
+    split = tiny_det.split("train")
+    images = to_image_list([tiny_detector.pixels(split.load(p)) for p in range(4)])
+    targets = [{k: torch.from_numpy(v) for k, v in split.target(p).items()} for p in range(4)]
+    losses = tiny_detector.detector.losses(tiny_detector.image_tower, images, targets, adapter.class_embeddings(),
+                                           train_tower=True)
+    sum(losses.values()).backward()
+    without = [n for n, p in adapter.trainable_named_parameters() if p.grad is None]
+    assert not without
+
+
+def test_detection_backbones_and_tasks_must_match():
+    from tunebench.bench.runner import validate_cells
+
+    with pytest.raises(ConfigError, match="is a detector"):
+        validate_cells([RunConfig(task="fewshot-cls", dataset="tiny-shapes", method="cones",
+                                  backbone="tiny-detector", shots=1, seed=1)])
+    with pytest.raises(ConfigError, match="has no detector"):
+        validate_cells([RunConfig(task="detect", dataset="tiny-det", method="cones",
+                                  backbone="tiny-clip", shots=1, seed=1)])
+
+
+def test_towers_without_growing_strides_are_refused():
+    from tunebench.models.detector import pyramid_taps
+
+    class ViTLike(torch.nn.Module):
+        feature_info = [{"module": f"blocks.{i}", "num_chs": 32, "reduction": 16} for i in range(4)]
+
+    with pytest.raises(ValueError, match="growing strides"):
+        pyramid_taps(ViTLike())

@@ -24,12 +24,13 @@ from tunebench.datasets.base import ImageSource
 from tunebench.models.base import VisionLanguageBackbone
 
 
-def _safe(text: str) -> str:
+def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:80]
 
 
 @contextmanager
-def _locked(path: Path):
+def locked(path: Path):
+    """An exclusive lock on ``path`` (a sibling .lock file) for one writer at a time."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -53,7 +54,7 @@ class FeatureCache:
         last = len(source) - 1
         fingerprint = "|".join([dataset, split, str(len(source)), source.identity(0), source.identity(last)])
         digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:10]
-        name = f"{_safe(backbone.content_id)}__{_safe(dataset)}-{digest}__{split}__{size}px.safetensors"
+        name = f"{safe_name(backbone.content_id)}__{safe_name(dataset)}-{digest}__{split}__{size}px.safetensors"
         return self.root / name
 
     def _read(self, path: Path) -> tuple[np.ndarray, torch.Tensor | None]:
@@ -85,8 +86,8 @@ class FeatureCache:
 
         path = self.file_for(backbone, source, dataset, split, image_size)
         indices = np.asarray(indices, dtype=np.int64)
-        with _locked(path):
-            _remove_stale_temporaries(path)
+        with locked(path):
+            remove_stale_temporaries(path)
             have, features = self._read(path)
             missing = np.setdiff1d(indices, have)
             if len(missing):
@@ -106,7 +107,7 @@ class FeatureCache:
         return features[torch.from_numpy(rows)]
 
 
-def _remove_stale_temporaries(path: Path) -> None:
+def remove_stale_temporaries(path: Path) -> None:
     """Delete half-written copies of ``path`` left by a writer that was killed (e.g. a
     Ray worker) before atomic_output could clean up. Only called under the file's lock,
     so no live writer of this file can own one of them."""

@@ -30,18 +30,19 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from tunebench.datasets.canvas import CanvasRecipe, SpritePool, compose, tight_box
+from tunebench.datasets.canvas import ALPHA_CUT, CanvasRecipe, SpritePool, compose, tight_box
 from tunebench.errors import DataError
 from tunebench.paths import tunebench_cache_dir
 from tunebench.registry import DATASETS
 
-GENERATOR_VERSION = 1  # bump when canvas.py or the writers change what they produce
+GENERATOR_VERSION = 2  # bump when canvas.py or the writers change what they produce
+PIXEL_CACHE_IMAGES = 4096  # decoded images kept per split (a large coco: folder would not fit)
 TEMPLATES = (
     "a photo of a {}.",  # templates[0]: the single prompt of coop-style methods
     "a picture of a {}.",
@@ -50,11 +51,43 @@ TEMPLATES = (
 )
 
 
+def usable(annotation: dict) -> bool:
+    """An object a detector can learn from: not a crowd region, a box of at least 1 px.
+    (Crowd regions stay in the file: the evaluator ignores detections on them.)"""
+    _x, _y, w, h = annotation["bbox"]
+    return not annotation.get("iscrowd") and w >= 1 and h >= 1
+
+
+def _checked(coco: dict, label_of: dict[int, int], name: str) -> dict:
+    """The split's COCO dict with what pycocotools needs filled in (``iscrowd``, ``area``),
+    or a one-line DataError naming the first entry that cannot be used."""
+    for image in coco["images"]:
+        missing = {"id", "file_name", "height", "width"} - set(image)
+        if missing:
+            raise DataError(f"{name}: image entry {image.get('id', image)} lacks {sorted(missing)}")
+    for ann in coco["annotations"]:
+        where = f"{name}: annotation {ann.get('id')}"
+        if ann.get("category_id") not in label_of:
+            raise DataError(f"{where} has category_id {ann.get('category_id')}, not in the categories list")
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4):
+            raise DataError(f"{where} has no [x, y, width, height] bbox")
+        segmentation = ann.get("segmentation")
+        if isinstance(segmentation, list) and any(len(polygon) < 6 for polygon in segmentation):
+            raise DataError(f"{where} has a polygon of fewer than 3 points: fix or drop it")
+        ann.setdefault("iscrowd", 0)
+        ann.setdefault("area", float(bbox[2] * bbox[3]))
+        if not segmentation:  # a box without a mask: the box is the best mask there is
+            x, y, w, h = bbox
+            ann["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+    return coco
+
+
 class DetectionSplit:
     """One split: images addressed by position (0..n-1) and their annotations."""
 
     def __init__(self, coco: dict, image_dir: Path, label_of: dict[int, int], name: str) -> None:
-        self.coco = coco
+        self.coco = _checked(coco, label_of, name)
         self.image_dir = image_dir
         self.name = name
         self.images = sorted(coco["images"], key=lambda im: im["id"])
@@ -74,19 +107,31 @@ class DetectionSplit:
         return int(self.images[position]["id"])
 
     def load(self, position: int) -> np.ndarray:
-        """(H, W, 3) uint8 RGB; decoded once, then kept (canvases are small)."""
-        if position not in self._pixels:
-            path = self.image_dir / self.images[position]["file_name"]
-            try:
-                with Image.open(path) as image:
-                    self._pixels[position] = np.array(image.convert("RGB"))  # writable: torch wraps it
-            except (UnidentifiedImageError, OSError) as exc:
-                raise DataError(f"cannot read image {path} ({type(exc).__name__}): "
-                                "remove it from the annotations or replace the file") from exc
-        return self._pixels[position]
+        """(H, W, 3) uint8 RGB; decoded once, then kept (up to PIXEL_CACHE_IMAGES)."""
+        if position in self._pixels:
+            return self._pixels[position]
+        info = self.images[position]
+        path = self.image_dir / info["file_name"]
+        try:
+            with Image.open(path) as image:
+                pixels = np.array(image.convert("RGB"))  # writable: torch wraps it
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"cannot read image {path} ({type(exc).__name__}): "
+                            "remove it from the annotations or replace the file") from exc
+        # Boxes and masks are in the annotation's pixel frame: a resized or rotated file
+        # would be scored against the wrong pixels without any error, so refuse it.
+        if pixels.shape[:2] != (int(info["height"]), int(info["width"])):
+            raise DataError(f"{path} is {pixels.shape[1]}x{pixels.shape[0]} px but its annotation says "
+                            f"{info['width']}x{info['height']}: re-export the image or fix width/height")
+        if len(self._pixels) < PIXEL_CACHE_IMAGES:
+            self._pixels[position] = pixels
+        return pixels
 
     def labels_in(self, position: int) -> set[int]:
-        return {self.label_of[a["category_id"]] for a in self._annotations[position] if not a.get("iscrowd")}
+        return {self.label_of[a["category_id"]] for a in self._annotations[position] if usable(a)}
+
+    def objects_in(self, position: int) -> int:
+        return sum(usable(a) for a in self._annotations[position])
 
     def target(self, position: int) -> dict[str, np.ndarray]:
         """Boxes (n, 4) x1y1x2y2, contiguous labels (n,), masks (n, H, W) uint8."""
@@ -96,11 +141,9 @@ class DetectionSplit:
         height, width = int(info["height"]), int(info["width"])
         boxes, labels, masks = [], [], []
         for ann in self._annotations[position]:
-            if ann.get("iscrowd"):
-                continue  # crowd regions are for the evaluator to ignore, not to learn
-            x, y, w, h = ann["bbox"]
-            if w < 1 or h < 1:
+            if not usable(ann):
                 continue
+            x, y, w, h = ann["bbox"]
             boxes.append([x, y, x + w, y + h])
             labels.append(self.label_of[ann["category_id"]])
             segmentation = ann.get("segmentation")
@@ -108,13 +151,8 @@ class DetectionSplit:
                 rle = dict(segmentation)
                 if isinstance(rle["counts"], list):
                     rle = mask_utils.frPyObjects(rle, height, width)
-            elif segmentation:
+            else:  # polygons (a missing mask was filled in with the box's polygon at load)
                 rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-            else:  # a box without a mask: the box itself is the best mask we have
-                box_mask = np.zeros((height, width), dtype=np.uint8)
-                box_mask[int(y) : int(np.ceil(y + h)), int(x) : int(np.ceil(x + w))] = 1
-                masks.append(box_mask)
-                continue
             masks.append(mask_utils.decode(rle))
         return {
             "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
@@ -261,19 +299,27 @@ def _categories(names: list[str], novel: set[str], supercategory: str | list[str
 
 def _canvases(pool: SpritePool, recipe: CanvasRecipe, count: int, seed: int):
     rng = np.random.default_rng(seed)
-    out = []
+    out, attempts = [], 0
     while len(out) < count:
+        attempts += 1
+        if attempts > 20 * count:  # e.g. sprites larger than the canvas allows
+            raise DataError(f"the canvas recipe {recipe} placed objects on {len(out)} of {attempts} canvases")
         pixels, objects = compose(rng, pool, recipe)
         if objects:
             out.append((pixels, objects))
     return out
 
 
+def _recipe(canvas: CanvasRecipe, counts: dict[str, int], **more) -> dict:
+    """Everything that decides a generated set's pixels and labels: its cache key."""
+    return {"canvas": asdict(canvas), "alpha_cut": ALPHA_CUT, "counts": counts, **more}
+
+
 # ---- det-mnist ----------------------------------------------------------------------
 
 MNIST_NOVEL = ("elephant", "giraffe", "zebra", "bag", "ankle boot")
-MNIST_RECIPE = {"size": 160, "objects": [1, 4], "sprite_size": [34, 62], "base": 2400, "train": 600,
-                "test": 300, "novel": list(MNIST_NOVEL)}
+MNIST_CANVAS = CanvasRecipe(size=160, objects=(1, 4), sprite_size=(34, 62))
+MNIST_RECIPE = _recipe(MNIST_CANVAS, {"base": 2400, "train": 600, "test": 300}, novel=list(MNIST_NOVEL))
 
 
 @DATASETS.register("det-mnist")
@@ -284,8 +330,6 @@ def det_mnist() -> DetectionDataset:
         fashion, animal = load_dataset("fashion-mnist"), load_dataset("animal-mnist")
         names = list(fashion.classnames) + list(animal.classnames)
         categories = _categories(names, set(MNIST_NOVEL), ["clothing"] * 10 + ["animal"] * 10)
-        recipe = CanvasRecipe(size=MNIST_RECIPE["size"], objects=tuple(MNIST_RECIPE["objects"]),
-                              sprite_size=tuple(MNIST_RECIPE["sprite_size"]))
 
         def pool(split: str, only_base: bool) -> SpritePool:
             parts, labels = [], []
@@ -295,22 +339,27 @@ def det_mnist() -> DetectionDataset:
                 parts.append(pixels)
                 labels.append(images.labels + offset)
             sprites, sprite_labels = np.concatenate(parts), np.concatenate(labels)
-            if only_base:
+            if only_base:  # the build split must never show a novel object
                 keep = np.isin(sprite_labels, [i for i, n in enumerate(names) if n not in MNIST_NOVEL])
                 sprites, sprite_labels = sprites[keep], sprite_labels[keep]
             return SpritePool(sprites, sprite_labels)
 
-        write_split(root, "base", _canvases(pool("train", True), recipe, MNIST_RECIPE["base"], 1), categories)
-        write_split(root, "train", _canvases(pool("train", False), recipe, MNIST_RECIPE["train"], 2), categories)
-        write_split(root, "test", _canvases(pool("test", False), recipe, MNIST_RECIPE["test"], 3), categories)
+        counts = MNIST_RECIPE["counts"]
+        # Test objects come from the source datasets' test images, never seen in training.
+        for split, source, only_base, seed in (("base", "train", True, 1), ("train", "train", False, 2),
+                                               ("test", "test", False, 3)):
+            write_split(root, split, _canvases(pool(source, only_base), MNIST_CANVAS, counts[split], seed),
+                        categories)
 
     return generated("det-mnist", MNIST_RECIPE, make)
 
 
 # ---- det-textile --------------------------------------------------------------------
 
-TEXTILE_RECIPE = {"size": 192, "objects": [1, 3], "sprite_size": [72, 104], "train": 300, "test": 120,
-                  "overlap": False}
+# Patches never overlap (min_visible 1): a covered corner could hide the one blotch
+# that makes a patch "local defect", and the label would then be wrong.
+TEXTILE_CANVAS = CanvasRecipe(size=192, objects=(1, 3), sprite_size=(72, 104), opaque=True, min_visible=1.0)
+TEXTILE_RECIPE = _recipe(TEXTILE_CANVAS, {"train": 300, "test": 120})
 
 
 @DATASETS.register("det-textile")
@@ -320,15 +369,11 @@ def det_textile() -> DetectionDataset:
 
         textile = load_dataset("textile-defects")
         categories = _categories(list(textile.classnames), set(textile.classnames), "fabric")
-        # Patches never overlap: a covered corner could hide the one blotch that makes a
-        # patch "local defect", and the label would then be wrong.
-        recipe = CanvasRecipe(size=TEXTILE_RECIPE["size"], objects=tuple(TEXTILE_RECIPE["objects"]),
-                              sprite_size=tuple(TEXTILE_RECIPE["sprite_size"]), opaque=True,
-                              min_visible=1.0)
         for split, seed in (("train", 2), ("test", 3)):
             images = getattr(textile, split)
             grey = images.load(np.arange(len(images))).mean(axis=-1).round().astype(np.uint8)
-            canvases = _canvases(SpritePool(grey, images.labels), recipe, TEXTILE_RECIPE[split], seed)
+            canvases = _canvases(SpritePool(grey, images.labels), TEXTILE_CANVAS,
+                                 TEXTILE_RECIPE["counts"][split], seed)
             write_split(root, split, canvases, categories)
 
     return generated("det-textile", TEXTILE_RECIPE, make)
@@ -336,8 +381,8 @@ def det_textile() -> DetectionDataset:
 
 # ---- tiny-det (tests) ---------------------------------------------------------------
 
-TINY_RECIPE = {"size": 48, "objects": [1, 3], "sprite_size": [14, 22], "base": 24, "train": 24, "test": 12,
-               "novel": ["cross"]}
+TINY_CANVAS = CanvasRecipe(size=48, objects=(1, 3), sprite_size=(14, 22))
+TINY_RECIPE = _recipe(TINY_CANVAS, {"base": 24, "train": 24, "test": 12}, novel=["cross"], sprites_per_shape=8)
 
 
 @DATASETS.register("tiny-det")
@@ -346,26 +391,29 @@ def tiny_det() -> DetectionDataset:
         from tunebench.datasets.tiny import CLASSNAMES, _mask
 
         rng = np.random.RandomState(0)
+        per_shape = TINY_RECIPE["sprites_per_shape"]
         sprites = np.stack([np.where(_mask(shape, rng), 220, 0).astype(np.uint8)
-                            for shape in CLASSNAMES for _ in range(8)])
-        labels = np.repeat(np.arange(len(CLASSNAMES)), 8)
+                            for shape in CLASSNAMES for _ in range(per_shape)])
+        labels = np.repeat(np.arange(len(CLASSNAMES)), per_shape)
         categories = _categories(list(CLASSNAMES), set(TINY_RECIPE["novel"]), "shape")
-        recipe = CanvasRecipe(size=48, objects=(1, 3), sprite_size=(14, 22))
         base_only = ~np.isin(labels, [CLASSNAMES.index(n) for n in TINY_RECIPE["novel"]])
-        write_split(root, "base", _canvases(SpritePool(sprites[base_only], labels[base_only]), recipe, 24, 1),
-                    categories)
-        write_split(root, "train", _canvases(SpritePool(sprites, labels), recipe, 24, 2), categories)
-        write_split(root, "test", _canvases(SpritePool(sprites, labels), recipe, 12, 3), categories)
+        pools = {"base": SpritePool(sprites[base_only], labels[base_only]), "train": SpritePool(sprites, labels),
+                 "test": SpritePool(sprites, labels)}
+        for seed, (split, count) in enumerate(TINY_RECIPE["counts"].items(), start=1):
+            write_split(root, split, _canvases(pools[split], TINY_CANVAS, count, seed), categories)
 
     return generated("tiny-det", TINY_RECIPE, make)
 
 
-def fewshot_images(split: DetectionSplit, labels: list[int], shots: int, seed: int) -> list[int]:
-    """Positions of ``shots`` annotated images per label (the union over labels).
+def fewshot_images(split: DetectionSplit, labels: list[int], shots: int, seed: int,
+                   classnames: tuple[str, ...] = ()) -> list[int]:
+    """Positions of images such that each label is held by at least ``shots`` of them.
 
     Labels are visited in order; for each, images holding it are drawn without
-    replacement by a seeded RandomState (stable across numpy versions), skipping images
-    already chosen, so that K images per class are distinct where the pool allows.
+    replacement by a seeded RandomState (stable across numpy versions), counting images
+    already chosen for earlier labels. Every object in a chosen image is annotated, so a
+    class can have more than K objects in the set: this is K *images* per class, not the
+    K-instance protocol of some few-shot detection papers.
     """
     rng = np.random.RandomState(seed)
     holders = {label: [p for p in range(len(split)) if label in split.labels_in(p)] for label in labels}
@@ -373,8 +421,10 @@ def fewshot_images(split: DetectionSplit, labels: list[int], shots: int, seed: i
     for label in labels:
         candidates = [p for p in holders[label] if p not in chosen]
         if len(holders[label]) < shots:
-            raise DataError(f"{split.name}: only {len(holders[label])} images hold class {label}, "
-                            f"{shots} asked for: lower shots")
+            name = classnames[label] if classnames else f"label {label}"
+            fix = "lower shots" if holders[label] else "annotate some, or drop the class"
+            raise DataError(f"{split.name}: only {len(holders[label])} images hold {name!r}, "
+                            f"{shots} asked for: {fix}")
         picked = rng.permutation(candidates)[: max(0, shots - len([p for p in chosen if p in holders[label]]))]
         chosen += [int(p) for p in picked]
     return sorted(chosen)

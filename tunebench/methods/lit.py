@@ -143,7 +143,8 @@ class Lit(MethodAdapter):
     def optimizer_groups(self) -> list[dict]:
         if self.config.pretrained_lr is None:
             return super().optimizer_groups()
-        towers = ("backbone.image_tower.", "backbone.text_tower.")
+        # Pretrained weights: both towers, and a built detector's parts.
+        towers = ("backbone.image_tower.", "backbone.text_tower.", "backbone.detector.")
         pretrained, new = [], []
         for name, parameter in self.trainable_named_parameters():
             (pretrained if name.startswith(towers) else new).append(parameter)

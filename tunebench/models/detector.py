@@ -60,14 +60,21 @@ class DetectorSpec:
 def pyramid_taps(image_tower: nn.Module) -> list[dict]:
     """The tower's last three feature maps (module name, channels, stride).
 
-    timm CNNs list them in ``feature_info``; other towers may define the same list.
+    timm CNNs list them in ``feature_info``; other towers may define the same list. A
+    pyramid needs maps at growing strides: a ViT lists all its blocks at one stride (and
+    they are token sequences), so it is refused.
     """
     info = getattr(image_tower, "feature_info", None)
+    name = type(image_tower).__name__
     if not info:
-        raise ValueError(f"image tower {type(image_tower).__name__} lists no feature_info: the detector needs a "
-                         "CNN tower with multi-scale feature maps (timm CNNs have them)")
-    taps = [dict(entry) for entry in info]
-    return taps[-3:]
+        raise ValueError(f"image tower {name} lists no feature_info: the detector needs a CNN tower with "
+                         "multi-scale feature maps (timm CNNs have them)")
+    taps = [dict(entry) for entry in info][-3:]
+    strides = [t["reduction"] for t in taps]
+    if len(taps) < 2 or any(b <= a for a, b in zip(strides, strides[1:], strict=False)):
+        raise ValueError(f"image tower {name} has no feature maps at growing strides (it lists {strides}): "
+                         "the detector needs a CNN tower; a ViT has one stride")
+    return taps
 
 
 @contextmanager
@@ -137,9 +144,11 @@ class Detector(nn.Module):
         self.sampler = det_utils.BalancedPositiveNegativeSampler(spec.regions_per_image, spec.positive_fraction)
 
     # ---- features and proposals ---------------------------------------------------------
-    def features(self, image_tower: nn.Module, pixels: torch.Tensor) -> OrderedDict:
-        """FPN maps; gradients reach the tower only if its parameters train."""
-        with _capture(image_tower, self.taps) as tapped:
+    def features(self, image_tower: nn.Module, pixels: torch.Tensor, *, train_tower: bool = True) -> OrderedDict:
+        """FPN maps. With ``train_tower`` False the tower runs without autograd (it is
+        frozen, and its activations need not be kept for a backward pass)."""
+        with torch.set_grad_enabled(train_tower and torch.is_grad_enabled()), \
+                _capture(image_tower, self.taps) as tapped:
             image_tower(pixels)
         maps = OrderedDict((level, tapped[t["module"]]) for level, t in zip(self.levels, self.taps, strict=True))
         return self.fpn(maps)
@@ -194,12 +203,7 @@ class Detector(nn.Module):
         """Every detection loss for one batch: RPN, region classification against the
         class embeddings, class-agnostic box regression and masks (and, when asked,
         distillation of region embeddings towards ``target["embeddings"]``)."""
-        if train_tower:
-            features = self.features(image_tower, images.tensors)
-        else:
-            with torch.no_grad():
-                trunk = self._trunk_maps(image_tower, images.tensors)
-            features = self.fpn(trunk)
+        features = self.features(image_tower, images.tensors, train_tower=train_tower)
         proposals, losses = self.propose(images, features, targets, training=True)
         boxes, labels, matched = self.sample_regions(proposals, targets)
         region = self.region_features(features, boxes, images.image_sizes)
@@ -207,25 +211,23 @@ class Detector(nn.Module):
         label = torch.cat(labels)
         losses["loss_classifier"] = F.cross_entropy(self.logits(embeddings, class_embeddings).float(), label)
         fg = torch.where(label > 0)[0]
-        gt_boxes = torch.cat([t["boxes"][m.clamp(min=0)] for t, m in zip(targets, matched, strict=True)])
         deltas = self.box_deltas(region)
         if len(fg):
-            regression = self.box_coder.encode_single(gt_boxes[fg], torch.cat(boxes)[fg])
-            losses["loss_box_reg"] = F.smooth_l1_loss(deltas[fg], regression, beta=1 / 9, reduction="sum") / max(1, len(label))
+            # Each foreground region's object (images without objects add no rows).
+            gt_boxes = torch.cat([t["boxes"][m[lab > 0]] for t, m, lab in zip(targets, matched, labels, strict=True)])
+            regression = self.box_coder.encode_single(gt_boxes, torch.cat(boxes)[fg])
+            losses["loss_box_reg"] = F.smooth_l1_loss(deltas[fg].float(), regression.float(), beta=1 / 9,
+                                                      reduction="sum") / max(1, len(label))
             losses["loss_mask"] = self._mask_loss(features, boxes, labels, matched, targets, images.image_sizes)
             if distill_weight > 0:  # cosine distance to the object's image embedding (ViLD-style)
-                wanted = torch.cat([t["embeddings"][m.clamp(min=0)] for t, m in zip(targets, matched, strict=True)])
-                cosine = (embeddings[fg] * wanted[fg].to(embeddings.dtype)).sum(-1)
+                wanted = torch.cat([t["embeddings"][m[lab > 0]]
+                                    for t, m, lab in zip(targets, matched, labels, strict=True)])
+                cosine = (embeddings[fg] * wanted.to(embeddings.dtype)).sum(-1)
                 losses["loss_distill"] = distill_weight * (1 - cosine).mean()
         else:  # no object sampled: keep the graph (and DDP-style bookkeeping) uniform
             losses["loss_box_reg"] = deltas.sum() * 0
             losses["loss_mask"] = deltas.sum() * 0
         return losses
-
-    def _trunk_maps(self, image_tower: nn.Module, pixels: torch.Tensor) -> OrderedDict:
-        with _capture(image_tower, self.taps) as tapped:
-            image_tower(pixels)
-        return OrderedDict((level, tapped[t["module"]]) for level, t in zip(self.levels, self.taps, strict=True))
 
     def _mask_loss(self, features, boxes, labels, matched, targets, image_sizes) -> torch.Tensor:
         fg_boxes = [b[lab > 0] for b, lab in zip(boxes, labels, strict=True)]
@@ -240,7 +242,7 @@ class Detector(nn.Module):
             # Each region's target: its object's mask cut out along the region's box.
             index = torch.arange(len(masks), device=masks.device, dtype=box.dtype)[:, None]
             wanted.append(roi_align(masks, torch.cat([index, box[fg]], 1), (size, size), 1.0)[:, 0])
-        return F.binary_cross_entropy_with_logits(logits, (torch.cat(wanted) >= 0.5).float())
+        return F.binary_cross_entropy_with_logits(logits.float(), (torch.cat(wanted) >= 0.5).float())
 
     # ---- inference ---------------------------------------------------------------------
     @torch.no_grad()
@@ -253,8 +255,8 @@ class Detector(nn.Module):
         features = self.features(image_tower, images.tensors)
         proposals, _ = self.propose(images, features, training=False)
         region = self.region_features(features, proposals, images.image_sizes)
-        deltas = self.box_deltas(region)
-        refined = self.box_coder.decode_single(deltas, torch.cat(proposals))
+        deltas = self.box_deltas(region).float()  # boxes in float32 even under bf16 autocast
+        refined = self.box_coder.decode_single(deltas, torch.cat(proposals).float())
         out, start = [], 0
         for props, size in zip(proposals, images.image_sizes, strict=True):
             boxes = _clip(refined[start : start + len(props)], size)

@@ -18,6 +18,7 @@ where novel classes can later be told apart.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import sys
@@ -61,18 +62,31 @@ class DetectionClip(TwoTowerClip):
     """A two-tower CLIP plus a detector on its image tower.
 
     Methods see the same text side (tokenizer, token embeddings, text tower and
-    projection), so zero-shot, ConES, CoOp and textual inversion run unchanged; the
-    image projection is gone (regions have their own, ``detector.region_projection``).
-    Extra parameter group ``detector_heads`` (every detector part) serves ``lit``.
+    projection), so zero-shot, ConES, CoOp and textual inversion run unchanged. Extra
+    parameter group ``detector_heads`` (every detector part) serves ``lit``.
+
+    It holds only parameters that shape a detection, so that "trainable" and "total"
+    counts are true: the image projection is gone (regions have their own,
+    ``detector.region_projection``), so are the image tower's layers after the last
+    tapped map (timm's ``prune_intermediate_layers``), the text tower's unused pooler
+    and the CLIP temperature (regions are scored with ``detector.region_logit_scale``).
     """
 
     def __init__(self, clip: TwoTowerClip, detector: Detector, content_id: str) -> None:
+        # Built from an existing CLIP's parts rather than through TwoTowerClip.__init__,
+        # which would make fresh projections; every attribute TwoTowerClip's methods read
+        # is set below.
         nn.Module.__init__(self)
-        self.image_tower = clip.image_tower
+        tower = copy.deepcopy(clip.image_tower)  # pruned below: leave the CLIP's own tower whole
+        if hasattr(tower, "prune_intermediate_layers"):
+            tower.prune_intermediate_layers(len(detector.taps), prune_norm=True, prune_head=True)
+        self.image_tower = tower
         self.image_projection = nn.Identity()
         self.text_tower = clip.text_tower
+        if getattr(self.text_tower, "pooler", None) is not None:
+            self.text_tower.pooler = None  # mean pooling is used, never BERT's pooler
         self.text_projection = clip.text_projection
-        self.logit_scale = clip.logit_scale
+        self.logit_scale = None
         self.detector = detector
         self.tokenizer = clip.tokenizer
         self.max_length = clip.max_length
@@ -107,29 +121,56 @@ def attach_detector(clip, spec: DetectorSpec, content_id: str) -> DetectionClip:
 def _load_detector_weights(model: DetectionClip, path: str | Path) -> None:
     state = load_state_file(path)
     state = {k.removeprefix("detector."): v for k, v in state.items()}
-    missing, unexpected = model.detector.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.detector.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that differ: another spec or another tower
+        raise ConfigError(f"{path} does not fit this detector (tensor shapes differ): was it saved for "
+                          "this backbone by tunebench build mini-det?") from exc
     if missing or unexpected:
         raise ConfigError(f"{path} does not fit this detector ({len(missing)} missing, "
                           f"{len(unexpected)} unexpected keys): was it saved by tunebench build mini-det?")
 
 
-@BACKBONES.register("det:")
-def build_detection_backbone(argument: str, *, pretrained: str | None = None) -> DetectionClip:
-    builder, inner = BACKBONES.resolve(argument)
-    clip = builder(inner)
+def _spec_id(spec: DetectorSpec) -> str:
+    return hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _seeded_detector(clip, spec: DetectorSpec, name: str, pretrained: str | None) -> DetectionClip:
+    """Detector parts drawn from a fixed seed (the same random heads in every process,
+    so runs stay comparable), then loaded from ``pretrained`` when given."""
     generator_state = torch.random.get_rng_state()
-    torch.manual_seed(0)  # the same random heads in every process: runs stay comparable
+    torch.manual_seed(0)
     try:
-        model = attach_detector(clip, DetectorSpec(), f"det-{clip.content_id}-random")
+        model = attach_detector(clip, spec, f"{name}-{_spec_id(spec)}-random")
     finally:
         torch.random.set_rng_state(generator_state)
     if pretrained:
         _load_detector_weights(model, pretrained)
-        model.content_id = f"det-{clip.content_id}-{file_digest(pretrained)}"
-    else:
+        model.content_id = f"{name}-{_spec_id(spec)}-{file_digest(pretrained)}"
+    return model.eval()
+
+
+def detection_builder(builder):
+    """Mark a backbone builder as making detectors (tasks check this before running)."""
+    builder.detection = True
+    return builder
+
+
+def is_detection_backbone(name: str) -> bool:
+    return bool(getattr(BACKBONES.resolve(name)[0], "detection", False))
+
+
+@BACKBONES.register("det:")
+@detection_builder
+def build_detection_backbone(argument: str, *, pretrained: str | None = None) -> DetectionClip:
+    builder, inner = BACKBONES.resolve(argument)
+    if getattr(builder, "detection", False):
+        raise ConfigError(f"det:{argument}: {argument} is already a detector")
+    clip = builder(inner)
+    if not pretrained:
         warnings.warn(f"det:{argument} has random detector heads (no --pretrained file): its results "
                       "mean nothing beyond testing the pipeline", stacklevel=2)
-    return model.eval()
+    return _seeded_detector(clip, DetectorSpec(), f"det-{clip.content_id}", pretrained)
 
 
 # Test-sized detector parts for tiny-detector (tiny-clip's towers): milliseconds a step.
@@ -138,19 +179,10 @@ TINY_SPEC = DetectorSpec(fpn_channels=16, representation=32, anchor_sizes=((12, 
 
 
 @BACKBONES.register("tiny-detector")
+@detection_builder
 def build_tiny_detector(argument: str | None = None, *, pretrained: str | None = None) -> DetectionClip:
     """det:tiny-clip with tiny heads (fixed seed): the detection tests' backbone."""
-    clip = BACKBONES.get("tiny-clip")(None)
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(0)
-    try:
-        model = attach_detector(clip, TINY_SPEC, "tiny-detector-seed0")
-    finally:
-        torch.random.set_rng_state(generator_state)
-    if pretrained:
-        _load_detector_weights(model, pretrained)
-        model.content_id = f"tiny-detector-{file_digest(pretrained)}"
-    return model.eval()
+    return _seeded_detector(BACKBONES.get("tiny-clip")(None), TINY_SPEC, "tiny-detector", pretrained)
 
 
 def recipe_hash() -> str:
@@ -162,6 +194,7 @@ def built_dir() -> Path:
 
 
 @BACKBONES.register("mini-det")
+@detection_builder
 def build_mini_det_backbone(argument: str | None = None, *, pretrained: str | None = None) -> DetectionClip:
     """mini-det from its built weights (``pretrained`` = a built folder, else the cache);
     built first, once per machine, when the cache has none."""
@@ -172,9 +205,10 @@ def build_mini_det_backbone(argument: str | None = None, *, pretrained: str | No
             raise ConfigError(f"no built mini-det in {folder} (run: tunebench build mini-det)")
         build_mini_det()
     clip = BACKBONES.get(RECIPE["base_backbone"])(None)
-    model = attach_detector(clip, DetectorSpec(**RECIPE["detector"]), "")
+    spec = DetectorSpec(**RECIPE["detector"])
+    model = attach_detector(clip, spec, "")
     _load_detector_weights(model, weights)
-    model.content_id = f"mini-det-{file_digest(weights)}-{clip.content_id}"
+    model.content_id = f"mini-det-{_spec_id(spec)}-{file_digest(weights)}-{clip.content_id}"
     return model.eval()
 
 

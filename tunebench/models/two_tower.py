@@ -94,7 +94,7 @@ class TwoTowerClip(VisionLanguageBackbone):
     def encode_text_pooled(
         self, tokens: TokenBatch, inputs_embeds: torch.Tensor | None = None
     ) -> torch.Tensor:
-        device = self.logit_scale.device
+        device = self.text_projection.weight.device
         tokens = tokens.to(device)
         if inputs_embeds is None:
             out = self.text_tower(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)

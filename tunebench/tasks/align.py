@@ -34,7 +34,7 @@ from tunebench.errors import ConfigError
 from tunebench.methods.base import ClassPrompts, resolve_method
 from tunebench.methods.zero_shot import prompt_ensemble_embeddings
 from tunebench.registry import TASKS
-from tunebench.tasks.base import TaskContext, TaskResult
+from tunebench.tasks.base import TaskContext, TaskResult, refuse_detectors
 from tunebench.tasks.contrastive import contrastive_loss, recall_at_k
 from tunebench.tasks.knowledge import KnowledgeProbe
 
@@ -66,6 +66,7 @@ class Align:
     shots_unit = "pairs"
 
     def validate(self, config: RunConfig) -> None:
+        refuse_detectors(config)
         dataset = load_dataset(config.dataset)
         if not isinstance(dataset, PairDataset):
             raise ConfigError(f"align needs an image-caption dataset; {config.dataset!r} is not one "

@@ -31,3 +31,14 @@ class TaskResult:
     # Pictures the run made (sample grids, predictions drawn on test images): name ->
     # PNG bytes. The runner stores them as results/pictures/<config_hash>-<name>.png.
     pictures: dict[str, bytes] = field(default_factory=dict)
+
+
+def refuse_detectors(config) -> None:
+    """Tasks that score whole images cannot use a detection backbone (it has no image
+    projection): say so before any cell runs."""
+    from tunebench.errors import ConfigError
+    from tunebench.models.mini_det import is_detection_backbone
+
+    if is_detection_backbone(config.backbone):
+        raise ConfigError(f"backbone {config.backbone!r} is a detector: it runs the detect task; "
+                          f"use its CLIP (e.g. mini-clip) for {config.task}")

@@ -16,7 +16,7 @@ from tunebench.bench.training import autocast_for, train_classifier
 from tunebench.datasets import fewshot_indices, load_dataset, test_indices
 from tunebench.methods.base import ClassPrompts, resolve_method
 from tunebench.registry import TASKS
-from tunebench.tasks.base import TaskContext, TaskResult
+from tunebench.tasks.base import TaskContext, TaskResult, refuse_detectors
 
 
 @TASKS.register("fewshot-cls")
@@ -24,6 +24,7 @@ class FewShotClassification:
     summary = "few-shot image classification, K shots per class (CoOp protocol); metric: top-1"
 
     def validate(self, config: RunConfig) -> None:
+        refuse_detectors(config)
         load_dataset(config.dataset)  # unknown dataset or missing data fails here, early
         method_config(resolve_method(config.method, config.task)[0], config.method_config, f"method_config.{config.method}")
 

@@ -36,6 +36,7 @@ from tunebench.datasets.detection import DetectionDataset, fewshot_images
 from tunebench.errors import ConfigError
 from tunebench.methods.base import ClassPrompts, resolve_method
 from tunebench.models.detector import to_image_list
+from tunebench.models.mini_det import is_detection_backbone
 from tunebench.paths import tunebench_cache_dir
 from tunebench.registry import TASKS
 from tunebench.tasks.base import TaskContext, TaskResult
@@ -76,11 +77,15 @@ class Detect:
             raise ConfigError(f"method {config.method!r} has its own classifier head, not class embeddings, "
                               "so it cannot score detector regions; use zero-shot, cones, coop, "
                               "textual-inversion, lit or full-ft")
+        if not is_detection_backbone(config.backbone):
+            raise ConfigError(f"backbone {config.backbone!r} has no detector: use mini-det, or det:NAME "
+                              f"for a detector on backbone NAME")
         method_config(method_cls, config.method_config, f"method_config.{config.method}")
         build_dataclass(DetectConfig, config.task_config, "task_config")
         dataset.split("test")
         if method_cls.trains:
-            fewshot_images(dataset.split("train"), list(range(dataset.num_classes)), config.shots, config.seed)
+            fewshot_images(dataset.split("train"), list(range(dataset.num_classes)), config.shots, config.seed,
+                           dataset.classnames)
 
     def run(self, config: RunConfig, context: TaskContext) -> TaskResult:
         dataset: DetectionDataset = load_dataset(config.dataset)
@@ -88,8 +93,6 @@ class Detect:
         method_cls, _ = resolve_method(config.method, config.task)
         method_settings = method_config(method_cls, config.method_config, f"method_config.{config.method}")
         backbone, device, train_cfg = context.backbone, context.device, config.train
-        if not hasattr(backbone, "detector"):
-            raise ConfigError(f"backbone {config.backbone!r} has no detector: use mini-det or det:NAME")
         cache = RegionCache(tunebench_cache_dir() / "regions")
         train_watch, eval_watch = Stopwatch(device), Stopwatch(device)
 
@@ -101,7 +104,8 @@ class Detect:
         outcome, positions = None, []
         if method_cls.trains:
             train_split = dataset.split("train")
-            positions = fewshot_images(train_split, list(range(dataset.num_classes)), config.shots, config.seed)
+            positions = fewshot_images(train_split, list(range(dataset.num_classes)), config.shots, config.seed,
+                                       dataset.classnames)
             if live:
                 with train_watch.measure():
                     outcome = _train_live(adapter, train_split, positions, config, device)
@@ -137,7 +141,7 @@ class Detect:
         metrics.update(
             test_images=len(test_positions),
             train_images=len(positions),
-            train_objects=int(sum(len(dataset.split("train").target(p)["labels"]) for p in positions)),
+            train_objects=sum(dataset.split("train").objects_in(p) for p in positions),
             final_train_loss=None if outcome is None else round(outcome["loss"], 5),
         )
         return TaskResult(

@@ -11,6 +11,7 @@ and segm, separately on novel, base and all classes.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 
 import numpy as np
@@ -67,7 +68,9 @@ def _coco_ground_truth(split):
 
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints on every call
         coco = COCO()
-        coco.dataset = {k: split.coco[k] for k in ("images", "annotations", "categories")}
+        # A deep copy: COCOeval writes into the ground truth it scores (RLE counts as
+        # bytes, ignore flags), which must not leak into the dataset other runs read.
+        coco.dataset = copy.deepcopy({k: split.coco[k] for k in ("images", "annotations", "categories")})
         coco.createIndex()
     return coco
 
@@ -78,8 +81,10 @@ def average_precision(ground_truth, results: list[dict], category_ids: list[int]
     from pycocotools.cocoeval import COCOeval
 
     wanted = set(category_ids)
-    if not any(a["category_id"] in wanted for a in ground_truth.dataset["annotations"]):
-        return {"ap": None, "ap50": None, "ap75": None}
+    images = None if image_ids is None else set(image_ids)
+    if not any(a["category_id"] in wanted and (images is None or a["image_id"] in images)
+               for a in ground_truth.dataset["annotations"]):
+        return {"ap": None, "ap50": None, "ap75": None}  # no such object among the images scored
     mine = [r for r in results if r["category_id"] in wanted]
     if not mine:  # loadRes cannot take an empty list; no detections is AP 0
         return {"ap": 0.0, "ap50": 0.0, "ap75": 0.0}

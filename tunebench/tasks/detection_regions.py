@@ -10,8 +10,9 @@ Two kinds, per image:
 - ``test``: refined boxes, region embeddings and mask logits, which any set of class
   embeddings turns into scored detections.
 
-Files are keyed by detector weights and annotations; a request computes only the
-images missing, under a file lock, and replaces the file atomically.
+Files are keyed by the detector (its content id names its weights and parts), the
+annotations, the images' files and ``REGION_CACHE_VERSION``; a request computes only
+the images missing, under a file lock, and replaces the file atomically.
 """
 
 from __future__ import annotations
@@ -23,17 +24,27 @@ from pathlib import Path
 import torch
 from torchvision.ops import box_iou
 
-from tunebench.bench.features import _locked, _remove_stale_temporaries, _safe
+from tunebench.bench.features import locked, remove_stale_temporaries, safe_name
 from tunebench.bench.progress import progress
 from tunebench.bench.store import atomic_output
 from tunebench.models.detector import to_image_list
 
 KINDS = ("train", "test")
+# Bump when what is stored changes meaning (proposal counts, the 0.5 IoU labelling,
+# detect_regions' outputs): old files are then never read again.
+REGION_CACHE_VERSION = 1
 
 
-def _batches(positions: list[int], size: int):
-    for start in range(0, len(positions), size):
-        yield positions[start : start + size]
+def _batches(split, positions: list[int], size: int) -> list[list[int]]:
+    """Batches of images of one size each: padding a smaller image to its batch-mates'
+    size would change its features, and a cached image's regions would then depend on
+    which images happened to be computed with it."""
+    by_size: dict[tuple, list[int]] = {}
+    for position in positions:
+        info = split.images[position]
+        by_size.setdefault((int(info["height"]), int(info["width"])), []).append(position)
+    return [group[start : start + size] for _, group in sorted(by_size.items())
+            for start in range(0, len(group), size)]
 
 
 @torch.no_grad()
@@ -41,7 +52,7 @@ def compute_regions(backbone, split, positions: list[int], kind: str, *, device,
                     desc: str = "regions") -> dict[int, dict]:
     """Regions of ``positions`` with the backbone's detector as it is now."""
     detector, out = backbone.detector, {}
-    for chunk in progress(list(_batches(positions, batch_size)), desc=desc, unit="batch"):
+    for chunk in progress(_batches(split, positions, batch_size), desc=desc, unit="batch"):
         images = to_image_list([backbone.pixels(split.load(p)) for p in chunk]).to(device)
         if kind == "test":
             for position, regions in zip(chunk, detector.detect_regions(backbone.image_tower, images), strict=True):
@@ -75,16 +86,19 @@ class RegionCache:
         self.seconds_computing = 0.0
 
     def file_for(self, backbone, dataset, split_name: str, kind: str) -> Path:
-        key = hashlib.sha256(f"{dataset.name}|{dataset.content_id}|{split_name}".encode()).hexdigest()[:10]
-        return self.root / f"{_safe(backbone.content_id)}__{_safe(dataset.name)}-{key}__{split_name}__{kind}.pt"
+        split = dataset.split(split_name)
+        images = _image_files_identity(split)
+        identity = f"v{REGION_CACHE_VERSION}|{dataset.name}|{dataset.content_id}|{split_name}|{images}"
+        key = hashlib.sha256(identity.encode()).hexdigest()[:10]
+        return self.root / f"{safe_name(backbone.content_id)}__{safe_name(dataset.name)}-{key}__{split_name}__{kind}.pt"
 
     def get(self, backbone, dataset, split_name: str, positions: list[int], kind: str, *, device,
             batch_size: int = 16) -> dict[int, dict]:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}")
         path = self.file_for(backbone, dataset, split_name, kind)
-        with _locked(path):
-            _remove_stale_temporaries(path)
+        with locked(path):
+            remove_stale_temporaries(path)
             stored = self._read(path)
             missing = [p for p in positions if p not in stored]
             if missing:
@@ -104,3 +118,16 @@ class RegionCache:
             return dict(torch.load(path, map_location="cpu", weights_only=True))
         except Exception:  # a damaged cache is rebuilt, never trusted
             return {}
+
+
+def _image_files_identity(split) -> str:
+    """Size and modification time of every image file: replacing an image in a
+    ``coco:`` folder makes new cache files instead of serving the old regions."""
+    digest = hashlib.sha256()
+    for info in split.images:
+        try:
+            stat = (split.image_dir / info["file_name"]).stat()
+            digest.update(f"{info['file_name']}:{stat.st_size}:{int(stat.st_mtime)};".encode())
+        except OSError:
+            digest.update(f"{info['file_name']}:missing;".encode())
+    return digest.hexdigest()[:16]
