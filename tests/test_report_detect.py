@@ -57,7 +57,7 @@ def test_cells_average_seeds():
     cells = {(c.method, c.shots): c for c in report_detect.summarise(detect_runs())}
     cones = cells["cones", 5]
     assert cones.seeds == (1, 2)
-    assert cones.ap == pytest.approx(0.32)
+    assert cones.metric_mean == pytest.approx(0.32)
     assert cones.stds["novel_bbox_ap"] == pytest.approx(0.028284, abs=1e-5)
     assert cells["zero-shot", 0].pictures == ((0, "pictures/detect-zero-shot-0-0-predictions.png"),)
 

@@ -62,11 +62,7 @@ class DetectCell:
     def trainable_percent(self) -> float:
         return 100.0 * self.trainable_params / self.total_params if self.total_params else 0.0
 
-    @property
-    def ap(self) -> float:
-        return self.means[METRIC]
-
-    # What the shared figure helpers (figures.py) read off a cell.
+    # The headline metric, as the shared figure helpers (figures.py) read it off a cell.
     @property
     def metric_mean(self) -> float:
         return self.means[METRIC]
@@ -110,7 +106,7 @@ def groups_of(cells) -> dict[tuple, list[DetectCell]]:
 # ---- formatting ----------------------------------------------------------------------
 
 
-def _ap(cell: DetectCell | None, name: str = METRIC) -> str:
+def _ap(cell: DetectCell | None, name: str = METRIC) -> str:  # the headline by default
     return percent_cell(cell, name)
 
 
@@ -168,7 +164,7 @@ def _versus_reference(at: dict, shots: list[int]) -> list[str]:
                 continue
             ratio = other.train_seconds_mean / ref.train_seconds_mean if ref.train_seconds_mean > 0 else float("nan")
             rows.append([str(k), f"`{rival}`", _ap(ref), _ap(other),
-                         f"{100 * (ref.ap - other.ap):+.1f}", f"{ratio:.1f}×"])
+                         f"{100 * (ref.metric_mean - other.metric_mean):+.1f}", f"{ratio:.1f}×"])
     return [f"`{REFERENCE}` against the input-side methods (novel box AP; time = rival's train s / "
             f"{REFERENCE}'s):", "",
             *markdown_table(["Shots", "Rival", f"{REFERENCE} AP", "Rival AP", "Δ AP (points)", "Rival time / cones"],
