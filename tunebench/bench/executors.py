@@ -122,8 +122,9 @@ def _kill_hook_for_tests() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def run_cell(config: RunConfig, threads: int) -> tuple[dict, bytes | None]:
-    """Body of one Ray task: run the cell, return (record, artifact bytes or None)."""
+def run_cell(config: RunConfig, threads: int) -> tuple[dict, dict[str, bytes]]:
+    """Body of one Ray task: run the cell, return (record, {relative path: bytes}) for the
+    files it made (artifact, pictures), which the driver writes."""
     import torch
 
     from tunebench.registry import load_all
@@ -133,12 +134,12 @@ def run_cell(config: RunConfig, threads: int) -> tuple[dict, bytes | None]:
     torch.set_num_threads(threads)
     runner = _worker_runner()
     record = runner.run(config, write=False)
-    artifact = None
-    if record.get("artifact"):
-        staged = runner.store.results_dir / record["artifact"]["path"]
-        artifact = staged.read_bytes()
+    files = {}
+    for relative in runner.store.files_of(record):
+        staged = runner.store.results_dir / relative
+        files[relative] = staged.read_bytes()
         staged.unlink()
-    return record, artifact
+    return record, files
 
 
 # ---------------------------------------------------------------- driver side
@@ -163,7 +164,7 @@ def lost_cell_record(config: RunConfig, error: str) -> dict:
     return record
 
 
-def _collect(ray, ref, config: RunConfig, attempts: int) -> tuple[dict, bytes | None]:
+def _collect(ray, ref, config: RunConfig, attempts: int) -> tuple[dict, dict[str, bytes]]:
     """The finished task's result, or a failed record saying why there is none."""
     try:
         return ray.get(ref)
@@ -172,17 +173,18 @@ def _collect(ray, ref, config: RunConfig, attempts: int) -> tuple[dict, bytes | 
         if isinstance(cause, ConfigError | DataError):
             raise cause from None  # bad input: stop with its one line, as in-process
         reason = describe_error(cause) if isinstance(cause, BaseException) else describe_error(exc)
-        return lost_cell_record(config, f"cell raised in its worker: {reason}"), None
+        return lost_cell_record(config, f"cell raised in its worker: {reason}"), {}
     except ray.exceptions.RayError as exc:
         reason = describe_error(exc)
-        return lost_cell_record(config, f"worker lost after {attempts} attempt(s): {reason}"), None
+        return lost_cell_record(config, f"worker lost after {attempts} attempt(s): {reason}"), {}
 
 
-def _store(store: RunStore, config: RunConfig, record: dict, artifact: bytes | None) -> None:
-    """Artifact first, then the record: a stored record never names a missing file."""
-    if artifact is not None and record["status"] == "ok":
-        with atomic_output(store.results_dir / record["artifact"]["path"]) as tmp:
-            Path(tmp).write_bytes(artifact)
+def _store(store: RunStore, config: RunConfig, record: dict, files: dict[str, bytes]) -> None:
+    """Files first, then the record: a stored record never names a missing file."""
+    if record["status"] == "ok":
+        for relative, data in files.items():
+            with atomic_output(store.results_dir / relative) as tmp:
+                Path(tmp).write_bytes(data)
     store_record(store, record, config.label)
 
 
@@ -260,9 +262,9 @@ def run_sweep_ray(
                             running=len(running), skipped=len(summary.skipped))
             (ref,), _ = ray.wait(list(running), num_returns=1)
             config = running.pop(ref)
-            record, artifact = _collect(ray, ref, config, attempts=1 + options.max_retries)
+            record, files = _collect(ray, ref, config, attempts=1 + options.max_retries)
             record.setdefault("executor", {"kind": "ray", "concurrent_cells": options.workers})
-            _store(store, config, record, artifact)
+            _store(store, config, record, files)
             if record["status"] == "ok":
                 summary.ok.append(config.config_hash)
             else:

@@ -131,6 +131,8 @@ class Runner:
             )
             if config.train.save_artifacts:
                 record["artifact"] = self._save_artifact(key, adapter)
+            if result.pictures:
+                record["pictures"] = self._save_pictures(key, result.pictures)
             record["status"] = "ok"
         except (KeyboardInterrupt, ConfigError, DataError):
             # Not results: an interrupted cell is redone on rerun, and bad input (a
@@ -147,6 +149,16 @@ class Runner:
         if write:
             store_record(self.store, record, config.label)
         return record
+
+    def _save_pictures(self, key: str, pictures: dict[str, bytes]) -> dict[str, str]:
+        """Each picture atomically, before the record that names it is written."""
+        paths = {}
+        for name, data in sorted(pictures.items()):
+            path = self.store.pictures_dir / f"{key}-{name}.png"
+            with atomic_output(path) as tmp:
+                Path(tmp).write_bytes(data)
+            paths[name] = path.relative_to(self.store.results_dir).as_posix()
+        return paths
 
     def _save_artifact(self, key: str, adapter) -> dict:
         from safetensors.torch import save_file

@@ -52,6 +52,7 @@ class RunStore:
         self.results_dir = Path(results_dir)
         self.runs_dir = self.results_dir / "runs"
         self.artifacts_dir = self.results_dir / "artifacts"
+        self.pictures_dir = self.results_dir / "pictures"
 
     def path(self, config_hash: str) -> Path:
         return self.runs_dir / f"{config_hash}.json"
@@ -65,6 +66,13 @@ class RunStore:
     def is_finished(self, config_hash: str) -> bool:
         record = self.read(config_hash)
         return bool(record) and record.get("status") == "ok"
+
+    def files_of(self, record: dict) -> list[str]:
+        """Paths (relative to the results folder) of the files a record names."""
+        files = list((record.get("pictures") or {}).values())
+        if record.get("artifact"):
+            files.append(record["artifact"]["path"])
+        return files
 
     def write(self, record: dict) -> Path:
         missing = [k for k in REQUIRED_KEYS if k not in record]

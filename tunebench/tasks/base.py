@@ -28,3 +28,6 @@ class TaskResult:
     images_seen: int
     extra: dict = field(default_factory=dict)
     image_input: str = "cached-features"
+    # Pictures the run made (sample grids, predictions drawn on test images): name ->
+    # PNG bytes. The runner stores them as results/pictures/<config_hash>-<name>.png.
+    pictures: dict[str, bytes] = field(default_factory=dict)
