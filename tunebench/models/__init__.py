@@ -3,7 +3,7 @@
 A builder has the signature ``build(argument, *, pretrained=None) -> VisionLanguageBackbone``.
 """
 
-from tunebench.models import mini_clip, tiny, unaligned  # noqa: F401
+from tunebench.models import judge, mini_clip, mini_t2i, t2i_backbones, tiny, unaligned  # noqa: F401
 
 try:  # open_clip is a hard dependency, but keep `tunebench list` usable without it
     from tunebench.models import open_clip_backbone  # noqa: F401
