@@ -99,8 +99,9 @@ def build_mini_t2i_backbone(argument: str | None = None, *, pretrained: str | No
 
 def require_built(config) -> None:
     """Fail a sweep before it starts when its cells need a mini-t2i that is not built."""
-    if config.backbone == "mini-t2i" and not config.pretrained and not is_built():
-        build_mini_t2i_backbone()
+    folder = Path(config.pretrained).expanduser() if config.pretrained else built_dir()
+    if not (folder / "unet").is_dir():
+        build_mini_t2i_backbone(pretrained=config.pretrained)  # raises the one-line error
 
 
 # Part of every run's config hash: results made with another recipe are other cells.
