@@ -30,7 +30,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tunebench.bench.curves import seconds_to_threshold  # noqa: F401  (re-exported: a metric)
 from tunebench.bench.grids import png_grid
 from tunebench.bench.training import autocast_for
 
