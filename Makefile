@@ -6,18 +6,19 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 SWEEP ?= bench.yaml
 ALIGN_SWEEPS ?= bench-align.yaml bench-align-data.yaml bench-align-lite2.yaml
+DETECT_SWEEPS ?= bench-detect.yaml bench-detect-textile.yaml
+GEN_SWEEPS ?= bench-gen.yaml bench-gen-cost.yaml
 RESULTS ?= results
 STAMP := $(VENV)/.tunebench-installed
 
-DETECT_SWEEPS ?= bench-detect.yaml bench-detect-textile.yaml
-
-.PHONY: setup bench bench-align bench-detect test report lint build clean-cache help
+.PHONY: setup bench bench-align bench-detect bench-gen test report lint build clean-cache help
 
 help:
 	@echo "make setup   create $(VENV) and install tunebench, its data and model packages"
 	@echo "make bench   setup + build mini-clip if needed + run $(SWEEP) + write the report"
 	@echo "make bench-align  setup + run the alignment track ($(ALIGN_SWEEPS)) + write the report"
 	@echo "make bench-detect setup + build mini-det if needed + run $(DETECT_SWEEPS) + write the report"
+	@echo "make bench-gen    setup + build mini-t2i if needed (~30 min) + run the generation track ($(GEN_SWEEPS)) + write the report"
 	@echo "make test    setup + run the test suite"
 	@echo "make report  rebuild $(RESULTS)/report.md, summary.csv and figures from stored runs"
 	@echo "make lint    ruff"
@@ -54,6 +55,13 @@ bench-align: setup
 bench-detect: build
 	$(PY) -m tunebench build mini-det
 	for sweep in $(DETECT_SWEEPS); do $(PY) -m tunebench bench $$sweep --results $(RESULTS) --no-report || exit 1; done
+	$(PY) -m tunebench report --results $(RESULTS)
+
+# The generation track: mini-t2i is built once (it builds mini-clip first if needed);
+# the fidelity judge builds on first use (~1 min).
+bench-gen: setup
+	$(PY) -m tunebench build mini-t2i
+	for sweep in $(GEN_SWEEPS); do $(PY) -m tunebench bench $$sweep --results $(RESULTS) --no-report || exit 1; done
 	$(PY) -m tunebench report --results $(RESULTS)
 
 report: setup

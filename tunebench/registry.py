@@ -102,6 +102,7 @@ def method_registry(task: str | None) -> Registry:
 def load_all() -> None:
     """Import every module that registers entries (each package imports its own modules)."""
     import tunebench.datasets  # noqa: F401
+    import tunebench.genmethods  # noqa: F401
     import tunebench.methods  # noqa: F401
     import tunebench.models  # noqa: F401
     import tunebench.tasks  # noqa: F401

@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunebench.bench import figures, report_align, report_detect
+from tunebench.bench import figures, report_align, report_detect, report_gen
 from tunebench.bench.store import REQUIRED_KEYS, atomic_write_text
 from tunebench.errors import TunebenchError
 
@@ -447,7 +447,7 @@ def render_markdown(
 #   METRIC  the metric every successful run of that task must have
 #   write_section(runs, results_dir) -> (markdown lines, written files)
 # Runs of any other task are few-shot classification tables (metric top1).
-TRACK_SECTIONS = (report_align, report_detect)
+TRACK_SECTIONS = (report_align, report_detect, report_gen)
 
 
 def _section_for(task: str):

@@ -11,6 +11,7 @@ import functools
 # Imported for their registrations.
 from tunebench.datasets import (  # noqa: F401
     animal_mnist,
+    concepts,
     detection,
     fashion_captions,
     fashion_mnist,

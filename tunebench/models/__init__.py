@@ -3,7 +3,15 @@
 A builder has the signature ``build(argument, *, pretrained=None) -> VisionLanguageBackbone``.
 """
 
-from tunebench.models import mini_clip, mini_det, tiny, unaligned  # noqa: F401
+from tunebench.models import (  # noqa: F401
+    judge,
+    mini_clip,
+    mini_det,
+    mini_t2i,
+    t2i_backbones,
+    tiny,
+    unaligned,
+)
 
 try:  # open_clip is a hard dependency, but keep `tunebench list` usable without it
     from tunebench.models import open_clip_backbone  # noqa: F401

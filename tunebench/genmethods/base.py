@@ -1,0 +1,100 @@
+"""The generation-adapter interface: how a tuning method conditions a text-to-image model.
+
+A generation adapter learns one new concept (a held-out class: zebra, giraffe, ...)
+from K reference images. The task hands it the model, the concept's initializer word
+and every prompt the run will use (training templates and evaluation prompts, each
+with ``{}`` where the concept goes), and then only ever asks for
+
+    conditioning(index) -> (token states (n, L, W), cross-attention mask (n, L))
+
+for prompts by index, and for the empty prompt's states (classifier-free guidance).
+The denoising loss, sampling and scoring are the task's. What differs between methods
+is where the concept lives and what must run to produce that conditioning:
+
+    textual-inversion  a new input token; the text encoder runs forward+backward every step
+    cones              a vector among the text encoder's *output* states; never runs it again
+    full-ft / lit      UNet weights; fixed prompts whose states are computed once
+
+The runner calls ``trainable_named_parameters``, ``trainable_count``, ``total_count`` and
+``artifact`` on any adapter, as for classification adapters. To add a method: one module
+in ``tunebench/genmethods/`` registered with ``@GENERATION_METHODS.register("name")``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from tunebench.methods.base import MethodConfig
+from tunebench.models.base import count_parameters
+from tunebench.models.t2i import TextToImageModel
+
+
+@dataclass(frozen=True)
+class ConceptPrompts:
+    """What the task tells an adapter about the concept it learns."""
+
+    initializer: str  # a word the tokenizer keeps as one token ("horse"): where the concept starts
+    prompts: tuple[str, ...]  # every prompt of the run, "{}" where the concept goes
+
+    def filled(self, words: str) -> list[str]:
+        return [p.format(words) for p in self.prompts]
+
+
+class GenerationAdapter(nn.Module, ABC):
+    """Base class. Subclasses create their parameters in ``__init__`` after super()."""
+
+    summary: ClassVar[str] = ""
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    trains: ClassVar[bool] = True
+    variant_field: ClassVar[str | None] = None
+    # Whether producing the conditioning runs the text encoder at every training step
+    # (the cost ConES removes); shown in the report.
+    text_encoder_per_step: ClassVar[bool] = False
+
+    def __init__(self, model: TextToImageModel, concept: ConceptPrompts, config: MethodConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.concept = concept
+        self.config = config
+        model.requires_grad_(False)
+        # The empty prompt's states, for classifier-free guidance: computed here, once, so
+        # that sampling after tuning needs no text encoder either.
+        null = model.tokenize([""])
+        with torch.no_grad():
+            self.register_buffer("null_states", model.encode_prompt_tokens(null), persistent=False)
+        self.register_buffer("null_mask", model.encoder_mask(null), persistent=False)
+
+    @abstractmethod
+    def conditioning(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(states (n, L, W), mask (n, L)) for the prompts ``concept.prompts[index]``."""
+
+    # ---- what trains ------------------------------------------------------------------
+    def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def trainable_count(self) -> int:
+        return count_parameters(p for _, p in self.trainable_named_parameters())
+
+    def total_count(self) -> int:
+        """Text encoder, UNet and VAE plus what the method adds, each shared tensor once."""
+        return count_parameters(self.parameters())
+
+    def optimizer_groups(self) -> list[dict]:
+        params = [p for _, p in self.trainable_named_parameters()]
+        return [{"params": params, "lr": self.config.lr, "weight_decay": self.config.weight_decay}]
+
+    def train(self, mode: bool = True):
+        """The model stays in eval mode (no dropout in a frozen text encoder), as in
+        classification: methods differ in what they train, not in regularisation noise."""
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    def artifact(self) -> dict[str, torch.Tensor]:
+        """The trained tensors: the concept vector (TI, ConES), K/V weights (lit), the UNet (full-ft)."""
+        return {n: p.detach().cpu().contiguous() for n, p in self.trainable_named_parameters()}

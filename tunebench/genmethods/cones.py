@@ -1,0 +1,54 @@
+"""cones: the concept searched directly in the text encoder's *output* space (ConES).
+
+At build, the text encoder runs once over every prompt of the run with the
+initializer word in the concept's slot. Those token states are kept; the concept's
+own state (one vector, initialised as the initializer's output state averaged over
+the prompts) is what trains. Conditioning for any prompt is its kept states with the
+slot replaced by the learned vector, so a prompt that puts the concept among other
+words is assembled in output space. The text encoder never runs again, neither while
+tuning nor when sampling: a step costs the UNet alone.
+
+The price of the shortcut: the other words' states were computed next to the
+initializer, not next to the concept, so context flows from the concept to its
+neighbours only through the UNet's cross-attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tunebench.genmethods.base import GenerationAdapter
+from tunebench.genmethods.prompting import SlotPrompts, one_token
+from tunebench.methods.base import MethodConfig, hyperparameter
+from tunebench.registry import GENERATION_METHODS
+
+
+@dataclass
+class ConesConfig(MethodConfig):
+    lr: float = hyperparameter(5e-2, "peak learning rate (AdamW, cosine schedule); tuned on mini-t2i")
+
+
+@GENERATION_METHODS.register("cones")
+class Cones(GenerationAdapter):
+    summary = "concept vector among the text encoder's output states; encoder run once, never while tuning"
+    config_class = ConesConfig
+
+    def __init__(self, model, concept, config) -> None:
+        super().__init__(model, concept, config)
+        slots = SlotPrompts(model, concept)
+        tokens = model.tokenize(concept.filled(concept.initializer))
+        slots.check_same_slots(tokens, one_token(model, concept.initializer, "initializer word"))
+        with torch.no_grad():
+            states = model.encode_prompt_tokens(tokens)  # the one text-encoder pass
+        self.register_buffer("states", states, persistent=False)
+        self.register_buffer("mask", model.encoder_mask(tokens), persistent=False)
+        self.register_buffer("slot_mask", slots.slot_mask, persistent=False)
+        self.concept_state = nn.Parameter(states[slots.slot_mask].mean(0).clone())  # (W,)
+
+    def conditioning(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        kept = self.states[index]
+        slot = self.slot_mask[index].unsqueeze(-1)
+        return torch.where(slot, self.concept_state.to(kept.dtype), kept), self.mask[index]

@@ -1,0 +1,56 @@
+"""full-ft: the whole UNet trains on the references (DreamBooth-style).
+
+Prompts name the concept with a rare identifier before the initializer (class) word,
+"a photo of a sks horse.", as DreamBooth does. The text encoder stays frozen, so the
+prompts' states are computed once at build and the steps cost the UNet's forward and
+backward with every weight's gradient and optimiser state. DreamBooth's prior-
+preservation loss (class images drawn by the base model) is left out: it would double
+the step and the track compares the tuning itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tunebench.genmethods.base import GenerationAdapter
+from tunebench.genmethods.prompting import FrozenStates
+from tunebench.methods.base import MethodConfig, hyperparameter
+from tunebench.registry import GENERATION_METHODS
+
+
+@dataclass
+class IdentifierConfig(MethodConfig):
+    identifier: str = hyperparameter("sks", "rare word put before the initializer word to name the concept")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.identifier.strip() or "{" in self.identifier:
+            raise ValueError(f"identifier must be a plain word, got {self.identifier!r}")
+
+
+@dataclass
+class FullFinetuneConfig(IdentifierConfig):
+    lr: float = hyperparameter(2e-4, "peak learning rate (AdamW, cosine schedule)")
+
+
+class IdentifierPromptAdapter(GenerationAdapter):
+    """Shared by the UNet-tuning methods: fixed "<identifier> <initializer>" prompts."""
+
+    def __init__(self, model, concept, config) -> None:
+        super().__init__(model, concept, config)
+        self.prompt_states = FrozenStates(model, concept.filled(f"{config.identifier} {concept.initializer}"))
+
+    def conditioning(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.prompt_states(index)
+
+
+@GENERATION_METHODS.register("full-ft")
+class FullFinetune(IdentifierPromptAdapter):
+    summary = "whole UNet (DreamBooth-style, identifier + class word); text encoder frozen, run once"
+    config_class = FullFinetuneConfig
+
+    def __init__(self, model, concept, config) -> None:
+        super().__init__(model, concept, config)
+        model.unet.requires_grad_(True)

@@ -1,0 +1,261 @@
+"""``generation``: personalised text-to-image — learn a new concept from K images.
+
+A cell is (method, concept, K = ``shots``, seed). The dataset names the concept
+(``concept:zebra``): a class the text-to-image model never saw. Per seed, K reference
+images are drawn from the concept's training images; each method learns the concept
+from them with the standard denoising loss (noise prediction MSE at random timesteps,
+random references with horizontal flips, random training templates), AdamW with
+warm-up + cosine, the same steps and batch for every method.
+
+Measured, per run (``metrics``):
+- quality after tuning: fidelity, CLIP-I, CLIP-T, diversity (see ``gen_eval``), with
+  the scores of real held-out images of the concept beside them for calibration;
+- a fidelity-vs-train-time curve at checkpoint fractions of the steps (the train clock
+  is paused while the checkpoints are scored), and seconds to the fidelity threshold;
+- step timing for the text-encoder-share analysis: median seconds per training step,
+  and median seconds to produce (forward + backward) one batch's conditioning, timed
+  apart after training. For textual inversion the latter is the text encoder's part of
+  its step; for ConES it is an index and a copy.
+
+Train seconds include building the adapter (ConES's one text pass, the frozen prompts'
+encoding) and encoding the references. Timing-only backbones (random weights) skip
+every quality measure and record the step timing alone.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from tunebench.bench.config import RunConfig, build_dataclass, method_config
+from tunebench.bench.curves import seconds_to_threshold
+from tunebench.bench.measure import Stopwatch, synchronize
+from tunebench.bench.progress import progress
+from tunebench.bench.training import autocast_for, optimizer_step, warmup_cosine
+from tunebench.datasets import load_dataset
+from tunebench.datasets.concepts import ConceptDataset
+from tunebench.errors import ConfigError
+from tunebench.genmethods.base import ConceptPrompts
+from tunebench.methods.base import resolve_method
+from tunebench.registry import BACKBONES, GENERATION_METHODS, TASKS
+from tunebench.tasks.base import TaskContext, TaskResult
+from tunebench.tasks.gen_eval import Evaluator
+
+
+def _setting(default, help: str):
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class GenerationSettings:
+    # One-token words the concept starts from. The nearest class mini-t2i saw, by shape:
+    # zebra and giraffe are four-legged, long-necked animals ("horse"); an ankle boot is
+    # a boot (the base model knows "sneaker"/"sandal", but both are two tokens in MiniLM's
+    # vocabulary, and the boot is the shape to learn).
+    initializers: dict = _setting({"zebra": "horse", "giraffe": "horse", "ankle-boot": "boot"},
+                                  "concept -> one-token initializer word")
+    train_templates: list = _setting(["a photo of a {}.", "a picture of a {}.", "a {}.", "an image of a {}."],
+                                     "prompts tuned on, '{}' = the concept")
+    # Two templates the base model was trained with, one it never saw ("drawing"), and
+    # one that composes the concept with another word ("large").
+    eval_prompts: list = _setting(["a photo of a {}.", "a black and white photo of a {}.",
+                                   "a drawing of a {}.", "a photo of a large {}."],
+                                  "prompts sampled after tuning, '{}' = the concept")
+    samples_per_prompt: int = _setting(8, "samples per evaluation prompt (prompt p: seeds p*N .. p*N+N-1)")
+    curve_samples_per_prompt: int = _setting(3, "samples per prompt scored at each curve checkpoint")
+    checkpoints: list = _setting([0.0, 0.25, 0.5, 0.75, 1.0], "fractions of the steps where fidelity is scored")
+    sampling_steps: int = _setting(20, "DDIM steps per sample")
+    guidance: float = _setting(2.0, "classifier-free guidance scale (mini-t2i's self-check: 2 draws best)")
+    sample_batch_size: int = _setting(64, "samples drawn at once")
+    fidelity_threshold: float = _setting(0.5, "fidelity whose train time is reported")
+    flip: bool = _setting(True, "random horizontal flips of the references while tuning")
+    judge: str = _setting("mnist20", "fidelity judge (models/judge.py)")
+    clip_backbone: str = _setting("mini-clip", "CLIP that scores CLIP-I and CLIP-T")
+    clip_image_size: int = _setting(64, "pixels per side fed to that CLIP's image tower")
+    real_images: int = _setting(32, "real test images of the concept scored for calibration")
+    timing_repeats: int = _setting(5, "repeats of the conditioning timing probe")
+
+    def __post_init__(self) -> None:
+        for name in ("train_templates", "eval_prompts"):
+            prompts = getattr(self, name)
+            if not isinstance(prompts, list) or not prompts:
+                raise ValueError(f"{name} must be a non-empty list of prompts")
+            bad = [p for p in prompts if not isinstance(p, str) or p.count("{}") != 1]
+            if bad:
+                raise ValueError(f"{name}: every prompt needs exactly one '{{}}' for the concept, not {bad[0]!r}")
+        if not self.checkpoints or sorted(self.checkpoints) != self.checkpoints or \
+                not all(0 <= f <= 1 for f in self.checkpoints) or self.checkpoints[-1] != 1.0:
+            raise ValueError("checkpoints must be increasing fractions in [0, 1] ending with 1.0")
+        if not 1 <= self.curve_samples_per_prompt <= self.samples_per_prompt:
+            raise ValueError("curve_samples_per_prompt must be 1..samples_per_prompt")
+        if self.sampling_steps < 1 or self.sample_batch_size < 1 or self.timing_repeats < 1:
+            raise ValueError("sampling_steps, sample_batch_size and timing_repeats must be >= 1")
+        if not 0 < self.fidelity_threshold <= 1:
+            raise ValueError("fidelity_threshold must be in (0, 1]")
+
+
+@TASKS.register("generation")
+class Generation:
+    summary = ("personalised text-to-image: learn a held-out concept from K images; "
+               "metrics: fidelity, CLIP-I, CLIP-T, diversity, time to a fidelity threshold")
+    config_class = GenerationSettings
+    method_registry = GENERATION_METHODS
+    shots_unit = "reference images"
+
+    def validate(self, config: RunConfig) -> None:
+        dataset = load_dataset(config.dataset)
+        if not isinstance(dataset, ConceptDataset):
+            raise ConfigError(f"generation needs a concept dataset (concept:zebra, concept:giraffe, ...), "
+                              f"not {config.dataset!r}")
+        method_cls, _ = resolve_method(config.method, config.task)
+        method_config(method_cls, config.method_config, f"method_config.{config.method}")
+        settings = build_dataclass(GenerationSettings, config.task_config, "task_config")
+        if dataset.concept not in settings.initializers:
+            raise ConfigError(f"task_config.initializers has no initializer word for {dataset.concept!r}")
+        dataset.references(config.shots, config.seed)  # too many shots fails here
+        builder, _ = BACKBONES.resolve(config.backbone)
+        if not getattr(builder, "text_to_image", False):
+            raise ConfigError(f"generation needs a text-to-image backbone (mini-t2i, diffusers:PATH, "
+                              f"tiny-t2i), not {config.backbone!r}")
+        check = getattr(builder, "check", None)
+        if check is not None:  # e.g. mini-t2i not built yet: say so before the sweep starts
+            check(config)
+        BACKBONES.resolve(settings.clip_backbone)
+
+    def run(self, config: RunConfig, context: TaskContext) -> TaskResult:
+        concept: ConceptDataset = load_dataset(config.dataset)
+        settings = build_dataclass(GenerationSettings, config.task_config, "task_config")
+        method_cls, _ = resolve_method(config.method, config.task)
+        method_settings = method_config(method_cls, config.method_config, f"method_config.{config.method}")
+        model, device, train_cfg = context.backbone, context.device, config.train
+        train_watch, eval_watch = Stopwatch(device), Stopwatch(device)
+        n_train = len(settings.train_templates)
+        prompts = ConceptPrompts(settings.initializers[concept.concept],
+                                 tuple(settings.train_templates + settings.eval_prompts))
+        eval_index = torch.arange(n_train, len(prompts.prompts))
+        references = concept.train.load(concept.references(config.shots, config.seed))
+
+        with train_watch.measure():
+            adapter = method_cls(model, prompts, method_settings).to(device)
+            latents = model.encode_latents(model.preprocess(references).to(device))
+        evaluator = None
+        if not model.timing_only:  # scorer models load outside both clocks, once per process
+            evaluator = Evaluator(concept=concept, references=references, eval_index=eval_index,
+                                  reference_view=model.to_uint8(model.preprocess(references)),
+                                  settings=settings, precision=train_cfg.precision, device=device)
+
+        curve: list[dict] = []
+
+        def checkpoint(step: int) -> None:
+            with eval_watch.measure():
+                curve.append({"step": step, "train_seconds": round(train_watch.seconds, 4),
+                              "fidelity": round(evaluator.probe_fidelity(adapter), 5)})
+
+        at = {round(f * train_cfg.steps) for f in settings.checkpoints[:-1]} if evaluator else set()
+        outcome = _train(adapter, latents, torch.arange(n_train), config=config, settings=settings,
+                         watch=train_watch, checkpoints=at, on_checkpoint=checkpoint)
+        metrics: dict = {"concept": concept.concept, "initializer": prompts.initializer,
+                         "timing_only": model.timing_only}
+        pictures = {}
+        if evaluator is not None:
+            with eval_watch.measure():
+                quality, grid, final_fidelity = evaluator.final(adapter)
+            curve.append({"step": train_cfg.steps, "train_seconds": round(train_watch.seconds, 4),
+                          "fidelity": round(final_fidelity, 5)})
+            metrics.update(quality)
+            metrics["curve"] = curve
+            metrics["fidelity_threshold"] = settings.fidelity_threshold
+            metrics["seconds_to_threshold"] = seconds_to_threshold(curve, settings.fidelity_threshold)
+            pictures["samples"] = grid
+        conditioning = _time_conditioning(adapter, config, settings, device)
+        metrics.update(
+            step_seconds=round(outcome["step_seconds"], 6),
+            conditioning_seconds=round(conditioning, 6),
+            text_encoder_per_step=method_cls.text_encoder_per_step,
+            final_train_loss=round(outcome["loss"], 6),
+            reference_images=config.shots,
+            # Sizes behind the step times (the text-encoder-share study reads them).
+            text_encoder_params=sum(p.numel() for p in model.text_encoder.parameters()),
+            unet_params=sum(p.numel() for p in model.unet.parameters()),
+        )
+        return TaskResult(
+            adapter=adapter, metrics=metrics, train_seconds=train_watch.seconds,
+            eval_seconds=eval_watch.seconds, feature_seconds=0.0, steps=train_cfg.steps,
+            images_seen=train_cfg.steps * train_cfg.batch_size, image_input="pixels",
+            extra={"preset": getattr(method_settings, "preset", None)}, pictures=pictures,
+        )
+
+
+def _train(adapter, latents, train_index, *, config: RunConfig, settings: GenerationSettings,
+           watch: Stopwatch, checkpoints: set[int], on_checkpoint) -> dict:
+    """Denoising loss on the references; fidelity checkpoints run with the clock paused."""
+    model, train_cfg = adapter.model, config.train
+    device = latents.device
+    groups = adapter.optimizer_groups()
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups)
+    warmup = min(train_cfg.warmup_steps, train_cfg.steps // 2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, warmup=warmup, total=train_cfg.steps))
+    noise_schedule = model.noise_scheduler()
+    generator = torch.Generator().manual_seed(config.seed)
+    batch = train_cfg.batch_size
+    step_times: list[float] = []
+    loss_value = float("nan")
+    adapter.train()
+    for step in progress(range(train_cfg.steps + 1), desc=config.label, unit="step", inner=True):
+        if step in checkpoints:
+            on_checkpoint(step)  # samples in eval mode
+            adapter.train()
+        if step == train_cfg.steps:
+            break
+        # The batch's randomness is drawn from the run's seed on the CPU: every method
+        # sees the same references, flips, timesteps, noise and templates at each step.
+        pick = torch.randint(0, len(latents), (batch,), generator=generator)
+        flip = torch.rand(batch, generator=generator) < (0.5 if settings.flip else 0.0)
+        prompt = train_index[torch.randint(0, len(train_index), (batch,), generator=generator)]
+        noise = torch.randn((batch, *latents.shape[1:]), generator=generator).to(device)
+        t = torch.randint(0, noise_schedule.config.num_train_timesteps, (batch,), generator=generator).to(device)
+        started = time.perf_counter()
+        with watch.measure():
+            x0 = latents[pick.to(device)]
+            x0 = torch.where(flip.to(device).view(-1, 1, 1, 1), x0.flip(-1), x0)
+            with autocast_for(device, train_cfg.precision):
+                states, mask = adapter.conditioning(prompt.to(device))
+                prediction = model.denoise(noise_schedule.add_noise(x0, noise, t), t, states, mask)
+            target = model.training_target(noise_schedule, x0, noise, t)
+            loss = F.mse_loss(prediction.float(), target.float())
+            loss_value = optimizer_step(loss, optimizer, scheduler, params,
+                                        grad_clip=train_cfg.grad_clip, step=step)
+        step_times.append(time.perf_counter() - started)
+    adapter.eval()
+    # The first step pays one-off costs (allocations, kernel selection): left out of the median.
+    steady = step_times[1:] or step_times
+    return {"loss": loss_value, "step_seconds": statistics.median(steady)}
+
+
+def _time_conditioning(adapter, config: RunConfig, settings: GenerationSettings, device) -> float:
+    """Median seconds to produce one training batch's conditioning, forward and backward.
+
+    Timed after training, apart from the step: for textual inversion this is the text
+    encoder's share of its step, the cost that ConES removes.
+    """
+    index = torch.arange(config.train.batch_size) % len(settings.train_templates)
+    times = []
+    for _ in range(settings.timing_repeats + 1):
+        synchronize(device)
+        started = time.perf_counter()
+        with autocast_for(device, config.train.precision):
+            states, _ = adapter.conditioning(index.to(device))
+        if states.requires_grad:
+            states.float().square().mean().backward()
+        synchronize(device)
+        times.append(time.perf_counter() - started)
+    adapter.zero_grad(set_to_none=True)
+    return statistics.median(times[1:])
