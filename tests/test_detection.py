@@ -374,3 +374,18 @@ def test_towers_without_growing_strides_are_refused():
 
     with pytest.raises(ValueError, match="growing strides"):
         pyramid_taps(ViTLike())
+
+
+def test_pictures_show_novel_objects_first():
+    from tunebench.tasks.detection import picture_positions
+
+    class FakeSplit:
+        labels = {0: {1}, 1: {2, 5}, 2: {0}, 3: {5}, 4: {3}}
+
+        def labels_in(self, position):
+            return self.labels[position]
+
+    novel = [5]
+    assert picture_positions(FakeSplit(), [0, 1, 2, 3, 4], 3, novel) == [1, 3, 0]
+    assert picture_positions(FakeSplit(), [0, 2, 4], 2, novel) == [0, 2]  # none novel: in order
+    assert picture_positions(FakeSplit(), [0, 1, 2, 3, 4], 0, novel) == []

@@ -189,8 +189,14 @@ def _store(store: RunStore, config: RunConfig, record: dict, files: dict[str, by
 
 
 def _forwarded_environment() -> dict[str, str]:
-    """The driver's TUNEBENCH_* settings (cache folder, progress, test hooks) for the workers."""
-    return {k: v for k, v in os.environ.items() if k.startswith("TUNEBENCH_")}
+    """The driver's TUNEBENCH_* settings (cache folder, test hooks) for the workers.
+
+    Workers draw no progress bars: Ray would interleave every worker's bars in the
+    driver's terminal, and the driver's own bar already counts finished, running and
+    failed cells."""
+    forwarded = {k: v for k, v in os.environ.items() if k.startswith("TUNEBENCH_")}
+    forwarded["TUNEBENCH_NO_PROGRESS"] = "1"
+    return forwarded
 
 
 def _connect(ray, options: RayOptions) -> bool:
@@ -259,7 +265,7 @@ def run_sweep_ray(
                     config, options.cpus_per_cell)
                 running[ref] = config
             bar.set_postfix(ok=len(summary.ok), failed=len(summary.failed),
-                            running=len(running), skipped=len(summary.skipped))
+                            running=len(running), skipped=len(summary.skipped), refresh=False)
             (ref,), _ = ray.wait(list(running), num_returns=1)
             config = running.pop(ref)
             record, files = _collect(ray, ref, config, attempts=1 + options.max_retries)

@@ -179,7 +179,8 @@ def _pictures(cells: list[DetectCell], top: int) -> list[str]:
             shown.append(f"- `{cell.method}` ({cell.shots}-shot, seed {seed}): ![{cell.method}]({path})")
     if not shown:
         return []
-    return ["Predictions on the first test images (novel classes orange, base blue; score ≥ 0.3):", "",
+    return ["Predictions on the first test images that hold a novel-class object "
+            "(novel classes orange, base blue; score ≥ 0.3):", "",
             *shown, ""]
 
 

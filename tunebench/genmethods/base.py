@@ -29,8 +29,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from tunebench.methods.base import MethodConfig
-from tunebench.models.base import count_parameters
+from tunebench.methods.base import MethodConfig, TrainableParts
 from tunebench.models.t2i import TextToImageModel
 
 
@@ -45,7 +44,7 @@ class ConceptPrompts:
         return [p.format(words) for p in self.prompts]
 
 
-class GenerationAdapter(nn.Module, ABC):
+class GenerationAdapter(TrainableParts, nn.Module, ABC):
     """Base class. Subclasses create their parameters in ``__init__`` after super()."""
 
     summary: ClassVar[str] = ""
@@ -72,21 +71,6 @@ class GenerationAdapter(nn.Module, ABC):
     @abstractmethod
     def conditioning(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(states (n, L, W), mask (n, L)) for the prompts ``concept.prompts[index]``."""
-
-    # ---- what trains ------------------------------------------------------------------
-    def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-
-    def trainable_count(self) -> int:
-        return count_parameters(p for _, p in self.trainable_named_parameters())
-
-    def total_count(self) -> int:
-        """Text encoder, UNet and VAE plus what the method adds, each shared tensor once."""
-        return count_parameters(self.parameters())
-
-    def optimizer_groups(self) -> list[dict]:
-        params = [p for _, p in self.trainable_named_parameters()]
-        return [{"params": params, "lr": self.config.lr, "weight_decay": self.config.weight_decay}]
 
     def train(self, mode: bool = True):
         """The model stays in eval mode (no dropout in a frozen text encoder), as in

@@ -57,7 +57,28 @@ class ClassPrompts:
         return [[t.format(c) for t in self.templates] for c in self.classnames]
 
 
-class MethodAdapter(nn.Module, ABC):
+class TrainableParts:
+    """What the runner asks every adapter (classification, detection, generation) about
+    its parameters. Mixed into ``nn.Module`` subclasses that hold a ``config`` with
+    ``lr`` and ``weight_decay``; an adapter freezes what it does not train."""
+
+    def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def trainable_count(self) -> int:
+        return count_parameters(p for _, p in self.trainable_named_parameters())
+
+    def total_count(self) -> int:
+        """The wrapped model plus anything the method adds (adapters, prompts, heads),
+        each shared tensor once."""
+        return count_parameters(self.parameters())
+
+    def optimizer_groups(self) -> list[dict]:
+        params = [p for _, p in self.trainable_named_parameters()]
+        return [{"params": params, "lr": self.config.lr, "weight_decay": self.config.weight_decay}]
+
+
+class MethodAdapter(TrainableParts, nn.Module, ABC):
     """Base class. Subclasses create their parameters in ``__init__`` after super()."""
 
     name: ClassVar[str] = ""
@@ -84,21 +105,6 @@ class MethodAdapter(nn.Module, ABC):
         self.classes = classes
         self.config = config
         backbone.requires_grad_(False)
-
-    # ---- what trains ----------------------------------------------------------------
-    def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-
-    def trainable_count(self) -> int:
-        return count_parameters(p for _, p in self.trainable_named_parameters())
-
-    def total_count(self) -> int:
-        """Backbone plus anything the method adds (adapters, prompts, heads)."""
-        return count_parameters(self.parameters())
-
-    def optimizer_groups(self) -> list[dict]:
-        params = [p for _, p in self.trainable_named_parameters()]
-        return [{"params": params, "lr": self.config.lr, "weight_decay": self.config.weight_decay}]
 
     # ---- forward --------------------------------------------------------------------
     @abstractmethod

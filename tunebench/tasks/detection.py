@@ -32,7 +32,7 @@ from tunebench.bench.measure import Stopwatch
 from tunebench.bench.progress import progress
 from tunebench.bench.training import autocast_for, optimizer_step, warmup_cosine
 from tunebench.datasets import load_dataset
-from tunebench.datasets.detection import DetectionDataset, fewshot_images
+from tunebench.datasets.detection import DetectionDataset, DetectionSplit, fewshot_images
 from tunebench.errors import ConfigError
 from tunebench.methods.base import ClassPrompts, resolve_method
 from tunebench.models.detector import to_image_list
@@ -134,7 +134,7 @@ class Detect:
                                    [test.image_id(p) for p in test_positions])
         pictures = {}
         if settings.pictures:
-            shown = test_positions[: settings.pictures]
+            shown = picture_positions(test, test_positions, settings.pictures, dataset.novel_labels)
             pictures["predictions"] = draw_predictions(
                 [test.load(p) for p in shown], [dets[p] for p in shown], dataset.classnames, dataset.novel,
                 min_score=settings.picture_min_score)
@@ -153,6 +153,15 @@ class Detect:
             image_input="pixels" if live else "cached-regions",
             pictures=pictures,
         )
+
+
+def picture_positions(split: DetectionSplit, positions: list[int], count: int, novel: list[int]) -> list[int]:
+    """The test images to draw: the first ones holding a novel-class object, since novel
+    classes are what the methods differ on, topped up in order with the others."""
+    novel_set = set(novel)
+    with_novel = [p for p in positions if split.labels_in(p) & novel_set]
+    chosen = set(with_novel)
+    return (with_novel + [p for p in positions if p not in chosen])[:count]
 
 
 class _Batches:
