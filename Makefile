@@ -11,6 +11,10 @@ DETECT_SWEEPS ?= bench-detect.yaml bench-detect-textile.yaml
 GEN_SWEEPS ?= bench-gen.yaml bench-gen-cost.yaml
 RESULTS ?= results
 STAMP := $(VENV)/.tunebench-installed
+# $(call run_sweeps,SWEEP FILES): run each sweep (stop at the first that fails), then
+# write the report once.
+run_sweeps = for sweep in $(1); do $(PY) -m tunebench bench $$sweep --results $(RESULTS) --no-report || exit 1; done; \
+	$(PY) -m tunebench report --results $(RESULTS)
 
 .PHONY: setup bench bench-align bench-align-scaling bench-detect bench-gen test report lint build clean-cache help
 
@@ -50,27 +54,23 @@ bench: build
 
 # The align track starts from unaligned towers, so it needs no mini-clip build.
 bench-align: setup
-	for sweep in $(ALIGN_SWEEPS); do $(PY) -m tunebench bench $$sweep --results $(RESULTS) --no-report || exit 1; done
-	$(PY) -m tunebench report --results $(RESULTS)
+	$(call run_sweeps,$(ALIGN_SWEEPS))
 
 # The scaling axes (4,000 pairs; the Lite2 image tower) cost more than the preset
 # comparison itself, so they are a target of their own.
 bench-align-scaling: setup
-	for sweep in $(ALIGN_SCALING_SWEEPS); do $(PY) -m tunebench bench $$sweep --results $(RESULTS) --no-report || exit 1; done
-	$(PY) -m tunebench report --results $(RESULTS)
+	$(call run_sweeps,$(ALIGN_SCALING_SWEEPS))
 
 # The detection track needs mini-det (detector heads on mini-clip, built once).
 bench-detect: build
 	$(PY) -m tunebench build mini-det
-	for sweep in $(DETECT_SWEEPS); do $(PY) -m tunebench bench $$sweep --results $(RESULTS) --no-report || exit 1; done
-	$(PY) -m tunebench report --results $(RESULTS)
+	$(call run_sweeps,$(DETECT_SWEEPS))
 
 # The generation track: mini-t2i is built once (it builds mini-clip first if needed);
 # the fidelity judge builds on first use (~1 min).
 bench-gen: setup
 	$(PY) -m tunebench build mini-t2i
-	for sweep in $(GEN_SWEEPS); do $(PY) -m tunebench bench $$sweep --results $(RESULTS) --no-report || exit 1; done
-	$(PY) -m tunebench report --results $(RESULTS)
+	$(call run_sweeps,$(GEN_SWEEPS))
 
 report: setup
 	$(PY) -m tunebench report --results $(RESULTS)

@@ -265,7 +265,7 @@ def run_sweep_ray(
                     config, options.cpus_per_cell)
                 running[ref] = config
             bar.set_postfix(ok=len(summary.ok), failed=len(summary.failed),
-                            running=len(running), skipped=len(summary.skipped), refresh=False)
+                            running=len(running), skipped=len(summary.skipped))
             (ref,), _ = ray.wait(list(running), num_returns=1)
             config = running.pop(ref)
             record, files = _collect(ray, ref, config, attempts=1 + options.max_retries)

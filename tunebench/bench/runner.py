@@ -191,6 +191,5 @@ def run_sweep(configs: list[RunConfig], runner: Runner) -> SweepSummary:
         else:
             summary.failed.append(config.config_hash)
             print(f"FAILED {config.label}: {record['error']}", file=sys.stderr)
-        bar.set_postfix(ok=len(summary.ok), failed=len(summary.failed), skipped=len(summary.skipped),
-                        refresh=False)
+        bar.set_postfix(ok=len(summary.ok), failed=len(summary.failed), skipped=len(summary.skipped))
     return summary

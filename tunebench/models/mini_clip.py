@@ -226,7 +226,7 @@ def _align_text(model: TwoTowerClip, synonyms: list[list[str]], anchors: torch.T
         optimizer.step()
         scheduler.step()
         losses.append(loss.item())
-        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}", refresh=False)
+        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

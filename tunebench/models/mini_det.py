@@ -298,7 +298,7 @@ def build_mini_det(force: bool = False) -> Path:
             value = optimizer_step(loss, optimizer, scheduler, params, grad_clip=RECIPE["grad_clip"], step=step)
             history.append(value)
             if step % 10 == 0:
-                bar.set_postfix(loss=f"{np.mean(history[-50:]):.3f}", refresh=False)
+                bar.set_postfix(loss=f"{np.mean(history[-50:]):.3f}")
         model.eval()
         # A sanity score for the record: zero-shot AP on det-mnist's test split.
         test = dataset.split("test")

@@ -172,7 +172,7 @@ def train_unet(model: TextToImageModel, recipe: dict, classes, *, desc: str) -> 
                 e.mul_(decay).add_(p.detach(), alpha=1 - decay)
         losses.append(loss.item())
         if step % 50 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-200:]):.4f}", refresh=False)
+            bar.set_postfix(loss=f"{np.mean(losses[-200:]):.4f}")
     with torch.no_grad():
         for e, p in zip(ema, params, strict=True):
             p.copy_(e)

@@ -159,9 +159,7 @@ def picture_positions(split: DetectionSplit, positions: list[int], count: int, n
     """The test images to draw: the first ones holding a novel-class object, since novel
     classes are what the methods differ on, topped up in order with the others."""
     novel_set = set(novel)
-    with_novel = [p for p in positions if split.labels_in(p) & novel_set]
-    chosen = set(with_novel)
-    return (with_novel + [p for p in positions if p not in chosen])[:count]
+    return sorted(positions, key=lambda p: not (split.labels_in(p) & novel_set))[:count]  # stable
 
 
 class _Batches:
