@@ -35,7 +35,7 @@ from pathlib import Path
 
 from tunebench.bench.config import RunConfig
 from tunebench.bench.progress import progress
-from tunebench.bench.runner import SweepSummary, describe_error, store_record
+from tunebench.bench.runner import SweepSummary, cell_keys, describe_error, store_record
 from tunebench.bench.store import REQUIRED_KEYS, RunStore, atomic_output
 from tunebench.errors import ConfigError, DataError
 
@@ -155,9 +155,7 @@ def lost_cell_record(config: RunConfig, error: str) -> dict:
     record = dict.fromkeys(REQUIRED_KEYS)
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     record.update(
-        task=config.task, dataset=config.dataset, method=config.method,
-        backbone=config.backbone, shots=config.shots, seed=config.seed,
-        config_hash=config.config_hash, config=config.to_dict(), status="failed",
+        cell_keys(config), config=config.to_dict(), status="failed",
         error=error, metrics={}, finished_at=now,
         env=environment(torch.device("cpu")),  # the driver's: the worker is gone
     )

@@ -1,9 +1,10 @@
 """Cache of frozen image-tower features, shared across methods, seeds and sweeps.
 
-Keyed by (backbone weights, dataset, split, resolution). Each file holds the indices
-computed so far and their trunk features; a request computes only what is missing
-and merges it in. Writers take a file lock and replace the file atomically, so
-concurrent runs never corrupt a cache file.
+Keyed by (backbone weights, dataset, split, the images' content, resolution): editing,
+adding or removing an image makes a new file (see ``ImageSource.content_key``). Each
+file holds the indices computed so far and their trunk features; a request computes
+only what is missing and merges it in. Writers take a file lock and replace the file
+atomically, so concurrent runs never corrupt a cache file.
 """
 
 from __future__ import annotations
@@ -48,11 +49,11 @@ class FeatureCache:
     def file_for(
         self, backbone: VisionLanguageBackbone, source: ImageSource, dataset: str, split: str, size: int
     ) -> Path:
-        # Indices only mean something for one exact list of images: the key carries a
-        # fingerprint of the source (full name, size, first and last image), so a folder
-        # that gained files, or two long names that shorten alike, never share a file.
-        last = len(source) - 1
-        fingerprint = "|".join([dataset, split, str(len(source)), source.identity(0), source.identity(last)])
+        # Stored features are only valid for one exact list of images with one content:
+        # the key carries the source's content key (every file's path, size and mtime,
+        # or the arrays' bytes), so images edited in place, added or removed get a new
+        # file, and two long names that shorten alike never share one.
+        fingerprint = "|".join([dataset, split, str(len(source)), source.content_key])
         digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:10]
         name = f"{safe_name(backbone.content_id)}__{safe_name(dataset)}-{digest}__{split}__{size}px.safetensors"
         return self.root / name

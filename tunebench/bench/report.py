@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import statistics
 import sys
 from collections import defaultdict
@@ -21,12 +20,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunebench.bench import figures, report_align, report_detect, report_gen
+from tunebench.bench.report_checks import (
+    cost_problem,
+    is_finite_number,
+    metrics_problem,
+    schema_problem,
+)
 from tunebench.bench.store import REQUIRED_KEYS, atomic_write_text
 from tunebench.errors import TunebenchError
 
 # Cheapest to most expensive; methods not named here follow alphabetically.
 METHOD_ORDER = ("zero-shot", "linear-probe", "cones", "coop", "textual-inversion", "lit", "full-ft")
 ZERO_SHOT = "zero-shot"
+# Classification metrics that are fractions in [0, 1] (fnmatch patterns, as the tracks' FRACTIONS).
+FRACTIONS = ("top1", "top5")
 _RUN_HINT = "run `make bench` (or `tunebench bench`) first"
 
 
@@ -90,14 +97,12 @@ class Cell:
 # ---- reading the run store -----------------------------------------------------------
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _problem(run, metric: str) -> str | None:
     """Why a parsed run file cannot be used, or None when it can."""
     if not isinstance(run, dict):
         return "not a JSON object"
+    if problem := schema_problem(run):
+        return problem
     missing = [key for key in REQUIRED_KEYS if key not in run]
     if missing:
         more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
@@ -105,6 +110,8 @@ def _problem(run, metric: str) -> str | None:
     for key in ("task", "dataset", "method", "backbone"):
         if not isinstance(run[key], str):
             return f"{key} is not a string"
+    if "dataset_label" in run and not (isinstance(run["dataset_label"], str) and run["dataset_label"]):
+        return "dataset_label is not a non-empty string"
     section = _section_for(run["task"])
     if section is not None:  # a track's runs are judged by its own headline metric
         metric = section.METRIC
@@ -115,12 +122,10 @@ def _problem(run, metric: str) -> str | None:
         return f"unknown status {run['status']!r}"
     if run["status"] == "failed":
         return None
-    if not isinstance(run["metrics"], dict) or not _is_number(run["metrics"].get(metric)):
+    if not isinstance(run["metrics"], dict) or not is_finite_number(run["metrics"].get(metric)):
         return f"successful run without a numeric metrics[{metric!r}]"
-    for key in ("train_seconds", "eval_seconds", "trainable_params", "total_params"):
-        if not _is_number(run[key]):
-            return f"{key} is not a number"
-    return None
+    fractions = FRACTIONS if section is None else section.FRACTIONS
+    return metrics_problem(run["metrics"], fractions) or cost_problem(run)
 
 
 def load_runs(runs_dir: Path, *, metric: str = "top1") -> Runs:
@@ -139,7 +144,7 @@ def load_runs(runs_dir: Path, *, metric: str = "top1") -> Runs:
             print(f"warning: skipping {path.name}: {problem}", file=sys.stderr)
             skipped.append(f"{path.name}: {problem}")
         else:
-            (ok if run["status"] == "ok" else failed).append(run)
+            (ok if run["status"] == "ok" else failed).append(_named_by_label(run))
     if not ok and not failed:
         raise TunebenchError(
             f"none of the {len(paths)} files in {runs_dir} is a usable run result: {_RUN_HINT}"
@@ -147,11 +152,17 @@ def load_runs(runs_dir: Path, *, metric: str = "top1") -> Runs:
     return Runs(tuple(ok), tuple(failed), tuple(skipped))
 
 
+def _named_by_label(run: dict) -> dict:
+    """The run with ``dataset`` set to its short label where it has one: every table,
+    heading and figure file then says `pets-3f2a9c1b`, not imagefolder:/long/path/pets."""
+    return {**run, "dataset": run["dataset_label"]} if "dataset_label" in run else run
+
+
 # ---- aggregation ---------------------------------------------------------------------
 
 
 def _mean(values) -> float | None:
-    values = [v for v in values if _is_number(v)]
+    values = [v for v in values if is_finite_number(v)]
     return statistics.fmean(values) if values else None
 
 
@@ -162,7 +173,7 @@ def _std(values) -> float:
 def _num_classes(run: dict) -> int | None:
     config = run.get("config") if isinstance(run.get("config"), dict) else {}
     for value in (run["metrics"].get("num_classes"), config.get("num_classes")):
-        if _is_number(value) and value > 0:
+        if is_finite_number(value) and value > 0:
             return int(value)
     return None
 
@@ -400,7 +411,8 @@ def _failed_section(failed, skipped) -> list[str]:
         lines += ["## Failed runs", "", "Left out of every table and figure above.", ""]
         lines += _table(["Method", "Dataset", "Shots", "Seed", "Error", "Run"], rows, "llrrll") + [""]
     if skipped:
-        lines += ["## Unreadable run files", ""]
+        lines += ["## Skipped run files", "",
+                  "Not read: unreadable, from another record format, or with values out of range.", ""]
         lines += [f"- `{_md_escape(s)}`" for s in skipped] + [""]
     return lines
 
@@ -445,6 +457,7 @@ def render_markdown(
 # Tracks whose runs get their own part of the report. Each is a module with
 #   TASK    the task name whose runs it owns
 #   METRIC  the metric every successful run of that task must have
+#   FRACTIONS  fnmatch patterns of its metrics that are fractions in [0, 1]
 #   write_section(runs, results_dir) -> (markdown lines, written files)
 # Runs of any other task are few-shot classification tables (metric top1).
 TRACK_SECTIONS = (report_align, report_detect, report_gen)

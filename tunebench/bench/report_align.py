@@ -26,6 +26,8 @@ from tunebench.bench.store import atomic_write_text
 
 TASK = "align"
 METRIC = "mean_r1"  # what every align run must have; the headline metric
+# Metrics that are fractions in [0, 1] (fnmatch patterns); a run outside is not read.
+FRACTIONS = ("mean_r1", "i2t_r*", "t2i_r*", "imagenet_agreement", "zeroshot/*")
 FULL_TRAINING = ("lit:all", "full-ft")  # first present one is "full training"
 THRESHOLDS = (1, 5, 10, 25)  # "within X% of full training", as LilT asks
 BUDGETS = (1.0, 7.0)  # "under X% of parameters trainable", LilT's two headline budgets

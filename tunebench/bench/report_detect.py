@@ -25,6 +25,8 @@ from tunebench.bench.store import atomic_write_text
 
 TASK = "detect"
 METRIC = "novel_bbox_ap"  # what every detect run has; the headline metric
+# Metrics that are fractions in [0, 1] (fnmatch patterns); a run outside is not read.
+FRACTIONS = ("*_ap", "*_ap50", "*_ap75")
 REFERENCE = "cones"  # train times are compared with it
 INPUT_SIDE = ("coop", "textual-inversion")  # ConES's rivals that run the text encoder
 METHOD_ORDER = ("zero-shot", "cones", "coop", "textual-inversion", "lit:heads", "lit", "full-ft")

@@ -24,6 +24,9 @@ from tunebench.bench.store import atomic_write_text
 
 TASK = "generation"
 METRIC = "step_seconds"  # the one number every generation run has, timing-only ones included
+# Metrics that are fractions in [0, 1] (fnmatch patterns; a list's every element); a run
+# outside is not read. CLIP-I/T are cosines and may be negative.
+FRACTIONS = ("fidelity", "fidelity_per_prompt", "fidelity_threshold", "real_fidelity")
 METHOD_ORDER = ("cones", "textual-inversion", "lit", "lit:kv", "lit:cross-attn", "lit:attn", "full-ft")
 QUALITY = ("fidelity", "clip_i", "clip_t", "diversity")
 TIMES = ("train_seconds", "seconds_to_threshold", "step_seconds", "conditioning_seconds")

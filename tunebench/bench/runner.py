@@ -20,8 +20,9 @@ from tunebench.bench.config import RunConfig
 from tunebench.bench.features import FeatureCache
 from tunebench.bench.measure import PeakMemory, environment, release_free_memory
 from tunebench.bench.progress import progress
-from tunebench.bench.store import RunStore, atomic_output
+from tunebench.bench.store import SCHEMA_VERSION, RunStore, atomic_output
 from tunebench.bench.training import resolve_device, seed_everything
+from tunebench.datasets import dataset_label
 from tunebench.errors import ConfigError, DataError, TunebenchError
 from tunebench.methods.base import resolve_method
 from tunebench.paths import tunebench_cache_dir
@@ -50,6 +51,17 @@ def describe_error(exc: BaseException) -> str:
         return str(exc).splitlines()[0]
     first = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {first}"
+
+
+def cell_keys(config: RunConfig) -> dict:
+    """The keys that name a cell, first in every record (finished, failed or lost)."""
+    return {
+        "schema_version": SCHEMA_VERSION, "task": config.task, "dataset": config.dataset,
+        # What the report calls the dataset: `pets-3f2a9c1b` for imagefolder:/long/path/pets.
+        "dataset_label": dataset_label(config.dataset),
+        "method": config.method, "backbone": config.backbone, "shots": config.shots,
+        "seed": config.seed, "config_hash": config.config_hash,
+    }
 
 
 def store_record(store: RunStore, record: dict, label: str) -> None:
@@ -94,9 +106,7 @@ class Runner:
         device = resolve_device(config.train.device)
         started = dt.datetime.now(dt.timezone.utc)
         record = {
-            "task": config.task, "dataset": config.dataset, "method": config.method,
-            "backbone": config.backbone, "shots": config.shots, "seed": config.seed,
-            "config_hash": key, "config": config.to_dict(), "status": "failed", "error": None,
+            **cell_keys(config), "config": config.to_dict(), "status": "failed", "error": None,
             "train_seconds": None, "eval_seconds": None, "feature_seconds": None,
             "trainable_params": None, "total_params": None, "peak_memory_mb": None,
             "images_per_second": None, "metrics": {}, "steps": None,

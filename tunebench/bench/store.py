@@ -13,6 +13,10 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+# The run-record format. Records written before the key existed carry no
+# ``schema_version`` and read as 1. Bump it when a key changes meaning; the report reads
+# every version from 1 up to this one and skips, with a warning, any other.
+SCHEMA_VERSION = 1
 REQUIRED_KEYS = (
     "task", "dataset", "method", "backbone", "shots", "seed", "status", "error",
     "config_hash", "train_seconds", "eval_seconds", "trainable_params", "total_params",

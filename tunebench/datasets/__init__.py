@@ -25,7 +25,7 @@ from tunebench.datasets.fewshot import fewshot_indices, test_indices
 from tunebench.errors import ConfigError
 from tunebench.registry import DATASETS
 
-__all__ = ["ClassificationDataset", "fewshot_indices", "load_dataset", "test_indices"]
+__all__ = ["ClassificationDataset", "dataset_label", "fewshot_indices", "load_dataset", "test_indices"]
 
 
 @functools.cache  # lru_cache without a size bound
@@ -37,3 +37,11 @@ def load_dataset(name: str) -> ClassificationDataset:
     if name.endswith(":"):  # the bare prefix matched its own entry, which needs an argument
         raise ConfigError(f"dataset {name!r} needs a path after the colon, e.g. {name}/data/pets")
     return entry()
+
+
+def dataset_label(name: str) -> str:
+    """What reports call the dataset ``name``: the name itself, or for an entry that
+    takes a path and gives it a short label (``imagefolder:``), that label."""
+    entry, argument = DATASETS.resolve(name)
+    label = getattr(entry, "label", None)
+    return name if argument is None or label is None else label(argument)

@@ -11,10 +11,15 @@ into spaces, since they end up in prompts. Images are decoded lazily at 224 px,
 the resolution CLIP-style towers are trained at, so a folder of any size costs
 nothing until it is used and the backbone rarely resizes again; call
 ``image_folder(path, size=...)`` from Python for another size.
+
+The dataset is called ``<folder name>-<8 hex of its resolved path>`` (``pets-3f2a9c1b``)
+in report headings, figure and cache file names: short, and distinct for two folders
+called ``pets`` in different places.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -73,6 +78,13 @@ def _scan(root: Path, folder_names: list[str]) -> tuple[list[Path], np.ndarray]:
     return paths, np.asarray(labels, dtype=np.int64)
 
 
+def folder_label(path: str | Path) -> str:
+    """``pets-3f2a9c1b``: the folder's name plus a fingerprint of where it is."""
+    root = Path(path).expanduser().resolve()
+    fingerprint = hashlib.sha256(str(root).encode()).hexdigest()[:8]
+    return f"{root.name or 'root'}-{fingerprint}"
+
+
 @DATASETS.register("imagefolder:")
 def image_folder(path: str | Path, size: int = DEFAULT_SIZE) -> ClassificationDataset:
     root = Path(path).expanduser().resolve()
@@ -97,7 +109,7 @@ def image_folder(path: str | Path, size: int = DEFAULT_SIZE) -> ClassificationDa
     # "golden_retriever" -> "golden retriever": the names are read by the text tower.
     classnames = tuple(" ".join(re.split(r"[\s_-]+", name)).strip() for name in folder_names)
     return ClassificationDataset(
-        name=f"imagefolder:{root}",
+        name=folder_label(root),
         classnames=classnames,
         templates=TEMPLATES,
         train=FileImages(train_paths, train_labels, size),
@@ -105,3 +117,7 @@ def image_folder(path: str | Path, size: int = DEFAULT_SIZE) -> ClassificationDa
         # Files in a folder may differ in size; this is the size they are decoded at.
         native_size=size,
     )
+
+
+# How `dataset_label` names an ``imagefolder:PATH`` cell without scanning the folder.
+image_folder.label = folder_label
