@@ -14,6 +14,15 @@ DEFAULT_RESULTS = Path("results")
 
 
 LIST_KINDS = ("methods", "tasks", "backbones", "datasets", "builds")
+DEFAULT_SHOTS, DEFAULT_SEED = 4, 1
+# Written out so that `run --help` needs no imports; tests check it names every
+# registered backbone.
+BACKBONE_HELP = (
+    "model to tune (default mini-clip). Classification and align: mini-clip, tiny-clip, "
+    "lite0-minilm, lite2-minilm, open_clip:ARCH, towers:FILE.yaml; detect: mini-det, "
+    "tiny-detector, det:NAME; generation: mini-t2i, tiny-t2i, diffusers:PATH, "
+    "t2i-timing:TEXT-UNET. `tunebench list -v backbones` describes each"
+)
 
 
 def _list(args) -> None:
@@ -57,9 +66,10 @@ def _build(args) -> None:
 
 
 def _parse_value(text: str):
-    import yaml
+    """A --set value read as in a sweep file: ``50`` is a number, ``null`` is None."""
+    from tunebench.bench.config import load_settings_yaml
 
-    return yaml.safe_load(text)
+    return load_settings_yaml(text)
 
 
 def _run(args) -> None:
@@ -73,6 +83,7 @@ def _run(args) -> None:
         task_config,
     )
     from tunebench.bench.runner import Runner, backbone_version, validate_cells
+    from tunebench.bench.training import resolve_device
     from tunebench.methods.base import resolve_method
     from tunebench.registry import TASKS, load_all
 
@@ -95,14 +106,16 @@ def _run(args) -> None:
     method_settings = dataclasses.asdict(
         method_config(method_cls, {**method_settings, **variant}, f"method.{args.method}")
     )
+    shots, seed = _shots_and_seed(args, trains=method_cls.trains)
     config = RunConfig(
         task=args.task, dataset=args.dataset, method=args.method, backbone=args.backbone,
-        shots=args.shots, seed=args.seed, train=build_dataclass(TrainConfig, train, "train"),
+        shots=shots, seed=seed, train=build_dataclass(TrainConfig, train, "train"),
         method_config=method_settings, pretrained=args.pretrained,
         backbone_version=backbone_version(args.backbone, args.pretrained),
         task_config=task_config(TASKS.get(args.task), task_settings, "task"),
     )
     validate_cells([config])
+    resolve_device(config.train.device)  # a GPU that is not there: one line, before the store is touched
     record = Runner(args.results, force=args.force).run(config)
     if record is None:
         print(f"already finished: {Runner(args.results).store.path(config.config_hash)} (use --force to rerun)")
@@ -110,6 +123,17 @@ def _run(args) -> None:
     _print_record(record)
     if record["status"] != "ok":
         raise TunebenchError(f"run failed: {record['error']}")
+
+
+def _shots_and_seed(args, *, trains: bool) -> tuple[int, int]:
+    """A method that uses no training data is one cell, 0-shot with seed 0, as in sweeps."""
+    if trains:
+        return (DEFAULT_SHOTS if args.shots is None else args.shots,
+                DEFAULT_SEED if args.seed is None else args.seed)
+    if args.shots or args.seed:
+        print(f"note: {args.method} uses no training data, so --shots and --seed are ignored "
+              "(stored as 0-shot, seed 0)", file=sys.stderr)
+    return 0, 0
 
 
 def _print_record(record: dict) -> None:
@@ -178,7 +202,7 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list registered methods, tasks, backbones, datasets, builds")
-    p.add_argument("kind", nargs="?", choices=LIST_KINDS)
+    p.add_argument("kind", nargs="?", choices=LIST_KINDS, help="what to list (default: all of them)")
     p.add_argument("-v", "--verbose", action="store_true", help="one-line summaries and method settings")
     p.set_defaults(func=_list)
 
@@ -191,12 +215,17 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True,
                    help="see `tunebench list methods`; lit:PRESET picks a lit preset")
     p.add_argument("--dataset", required=True, help="see `tunebench list datasets`; imagefolder:PATH for your own")
-    p.add_argument("--task", default="fewshot-cls")
-    p.add_argument("--backbone", default="mini-clip", help="mini-clip, tiny-clip or open_clip:ARCH")
+    p.add_argument("--task", default="fewshot-cls",
+                   help="fewshot-cls (default), align, detect or generation; see `tunebench list -v tasks`")
+    p.add_argument("--backbone", default="mini-clip", help=BACKBONE_HELP)
     p.add_argument("--pretrained", help="local checkpoint for the backbone (open_clip: a state dict file)")
-    p.add_argument("--shots", type=int, default=4,
-                   help="training images per class (fewshot-cls) or training pairs (align)")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--shots", type=int,
+                   help=f"training images per class (fewshot-cls, detect), reference images (generation) or "
+                        f"training pairs (align); default {DEFAULT_SHOTS}, and 0 for methods that train "
+                        "nothing (zero-shot)")
+    p.add_argument("--seed", type=int,
+                   help=f"seed of the few-shot draw and of training; default {DEFAULT_SEED}, "
+                        "and 0 for methods that train nothing")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a setting, e.g. --set train.steps=50 --set method.lr=1e-3 "
                         "--set task.zero_shot_per_class=50 (repeatable)")

@@ -10,10 +10,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
+import types
+import typing
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tunebench.errors import ConfigError
+
+# numpy.random.seed takes 0 .. 2**32 - 1; every run seeds numpy with its cell's seed.
+SEED_LIMIT = 2**32
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,8 @@ class TrainConfig:
             raise ConfigError("train.test_per_class must be >= 1 or null")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N (e.g. cuda:0), got {self.device!r}")
 
 
 _ADDED_LATER = ("task_config",)
@@ -64,6 +77,12 @@ class RunConfig:
     # The task's own settings, resolved with their defaults (empty for tasks without any).
     task_config: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not is_integer(self.shots) or self.shots < 0:
+            raise ConfigError(f"shots must be a whole number >= 0, got {_shown(self.shots)}")
+        if not is_seed(self.seed):
+            raise ConfigError(f"seed must be a whole number from 0 to {SEED_LIMIT - 1}, got {_shown(self.seed)}")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -83,8 +102,13 @@ class RunConfig:
         return f"{self.method} on {self.dataset}, {self.shots}-shot, seed {self.seed}"
 
 
-def build_dataclass(cls, values: dict | None, where: str):
-    """Instantiate a config dataclass from a dict, naming unknown and invalid fields."""
+def build_dataclass(cls, values: dict | None, where: str | Path):
+    """Instantiate a config dataclass from a dict, naming unknown and invalid fields.
+
+    Each value is first converted to its field's declared type (see ``typed_value``).
+    ``where`` names the settings in messages: a scope such as ``train`` gives
+    ``train.steps``; a file (a ``Path``) gives ``bench.yaml: steps``.
+    """
     if values is None:
         values = {}
     if not isinstance(values, dict):
@@ -94,12 +118,153 @@ def build_dataclass(cls, values: dict | None, where: str):
     unknown = sorted(set(values) - set(valid))
     if unknown:
         raise ConfigError(f"unknown field(s) {unknown} in {where}; valid: {', '.join(valid)}")
+    hints = typing.get_type_hints(cls)
+    values = {name: typed_value(value, hints[name], _setting_name(where, name)) for name, value in values.items()}
     try:
         return cls(**values)
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _setting_name(where: str | Path, name: str) -> str:
+    return f"{where}: {name}" if isinstance(where, Path) else f"{where}.{name}"
+
+
+# ---- typed settings -----------------------------------------------------------------
+# Settings arrive from YAML files and --set as whatever PyYAML made of them: ``1e-3``
+# is a string there (YAML 1.1 floats need a dot), ``2.5`` may reach an integer field.
+# Each value is converted to its field's declared type or refused in one line.
+
+def typed_value(value: Any, hint: Any, setting: str) -> Any:
+    """``value`` as the type ``hint`` declares; a ConfigError naming ``setting`` otherwise.
+
+    float: ints and numeric strings (``"1e-3"``); an int is kept as an int, so that a
+      setting written ``1`` keeps the config hash it always had.
+    int: ints, and integral floats or numeric strings (``1e3``); not 2.5, not booleans.
+    bool: only true and false (see ``load_settings_yaml`` for ``yes``/``no``).
+    str: only strings. list, dict: only those. ``X | None``: also null.
+    Types without a rule here are passed as given.
+    """
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return _typed_union(value, typing.get_args(hint), setting)
+    convert = _CONVERTERS.get(typing.get_origin(hint) or hint)
+    return value if convert is None else convert(value, setting)
+
+
+def _typed_union(value: Any, options: tuple, setting: str) -> Any:
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        if option is not type(None):
+            try:
+                return typed_value(value, option, setting)
+            except ConfigError:
+                continue
+    expected = " or ".join(_EXPECTED.get(typing.get_origin(o) or o, getattr(o, "__name__", str(o))) for o in options)
+    raise ConfigError(f"{setting} must be {expected}, got {_shown(value)}")
+
+
+def _to_bool(value: Any, setting: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"{setting} must be true or false, got {_shown(value)}")
+
+
+def _to_int(value: Any, setting: str) -> int:
+    if is_integer(value):
+        return value
+    number = _finite_number(value)
+    if number is not None and number.is_integer():
+        return int(number)
+    raise ConfigError(f"{setting} must be a whole number, got {_shown(value)}")
+
+
+def _to_float(value: Any, setting: str) -> float | int:
+    if is_integer(value):
+        return value  # kept as given: converting would change the hash of existing cells
+    number = _finite_number(value)
+    if number is None:
+        raise ConfigError(f"{setting} must be a number (e.g. 0.001 or 1e-3), got {_shown(value)}")
+    return number
+
+
+def _to_str(value: Any, setting: str) -> str:
+    if isinstance(value, str):
+        return value
+    raise ConfigError(f"{setting} must be text (put it in quotes), got {_shown(value)}")
+
+
+def _to_list(value: Any, setting: str) -> list:
+    if isinstance(value, list):
+        return value
+    raise ConfigError(f"{setting} must be a list (e.g. [a, b]), got {_shown(value)}")
+
+
+def _to_dict(value: Any, setting: str) -> dict:
+    if isinstance(value, dict):
+        return value
+    raise ConfigError(f"{setting} must be a mapping of settings, got {_shown(value)}")
+
+
+_CONVERTERS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str, list: _to_list, dict: _to_dict}
+_EXPECTED = {bool: "true or false", int: "a whole number", float: "a number", str: "text",
+             list: "a list", dict: "a mapping", type(None): "null"}
+
+
+def _finite_number(value: Any) -> float | None:
+    """A finite float from a float or a numeric string; None for anything else."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    return None
+
+
+def _shown(value: Any) -> str:
+    """A value as the user wrote it in YAML (null, true), strings quoted."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value)
+
+
+def is_integer(value: Any) -> bool:
+    """An int that is not a bool (``True`` is an int in Python, not a count)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_seed(value: Any) -> bool:
+    return is_integer(value) and 0 <= value < SEED_LIMIT
+
+
+class _SettingsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that only true and false are booleans."""
+
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_SettingsLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_SettingsLoader.add_implicit_resolver(
+    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load_settings_yaml(text: str) -> Any:
+    """YAML as settings are read from sweep files and --set.
+
+    YAML 1.1 also reads yes/no/on/off as booleans; here they stay words, so that a
+    boolean setting given ``yes`` is refused in one line instead of guessed at, and a
+    text setting given ``no`` keeps the word.
+    """
+    return yaml.load(text, Loader=_SettingsLoader)  # a SafeLoader: builds plain data only
 
 
 def method_config(method_cls, values: dict | None, where: str):

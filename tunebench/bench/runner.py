@@ -182,11 +182,33 @@ class Runner:
 
 
 def validate_cells(configs: list[RunConfig]) -> None:
-    """Fail before anything runs when a cell names something unknown."""
+    """Fail before anything runs when a cell names something unknown or cannot run."""
     for config in configs:
-        resolve_method(config.method, config.task)
-        BACKBONES.resolve(config.backbone)
+        method_cls, _ = resolve_method(config.method, config.task)
+        if method_cls.trains and config.shots < 1:
+            raise ConfigError(f"{config.method} trains, so it needs shots >= 1, got {config.shots}")
+        builder, _ = BACKBONES.resolve(config.backbone)
         TASKS.get(config.task)().validate(config)
+        check = getattr(builder, "check", None)
+        if check is not None:  # e.g. mini-t2i not built, an image size open_clip cannot take
+            check(config)
+    for backbone, pretrained in dict.fromkeys((c.backbone, c.pretrained) for c in configs if c.pretrained):
+        check_checkpoint(backbone, pretrained)
+
+
+def check_checkpoint(backbone: str, pretrained: str) -> None:
+    """Build the backbone from ``pretrained`` once, so that a missing, corrupt or
+    mismatched checkpoint stops the sweep as bad input instead of failing every cell.
+    Builders raise ConfigError for checkpoints they cannot use; anything else is
+    reported the same way."""
+    builder, argument = BACKBONES.resolve(backbone)
+    try:
+        builder(argument, pretrained=pretrained)
+    except TunebenchError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"cannot load {backbone} from --pretrained {pretrained}: "
+                          f"{describe_error(exc)}") from exc
 
 
 def run_sweep(configs: list[RunConfig], runner: Runner) -> SweepSummary:

@@ -27,9 +27,13 @@ from pathlib import Path
 import yaml
 
 from tunebench.bench.config import (
+    SEED_LIMIT,
     RunConfig,
     TrainConfig,
     build_dataclass,
+    is_integer,
+    is_seed,
+    load_settings_yaml,
     method_config,
     task_config,
 )
@@ -58,10 +62,14 @@ class SweepConfig:
             value = getattr(self, name)
             if not isinstance(value, list) or not value:
                 raise ConfigError(f"'{name}' must be a non-empty list, got {value!r}")
-        if not all(isinstance(s, int) and s >= 1 for s in self.shots):
-            raise ConfigError(f"'shots' must be positive integers, got {self.shots}")
-        if not all(isinstance(s, int) for s in self.seeds):
-            raise ConfigError(f"'seeds' must be integers, got {self.seeds}")
+        for name in ("datasets", "methods"):
+            if not all(isinstance(v, str) and v for v in getattr(self, name)):
+                raise ConfigError(f"'{name}' must be a list of names, got {getattr(self, name)}")
+        if not all(is_integer(s) and s >= 1 for s in self.shots):
+            raise ConfigError(f"'shots' must be whole numbers >= 1, got {self.shots}")
+        if not all(is_seed(s) for s in self.seeds):
+            raise ConfigError(f"'seeds' must be whole numbers from 0 to {SEED_LIMIT - 1} "
+                              f"(numpy's seed range), got {self.seeds}")
         named = set(self.methods) | {m.partition(":")[0] for m in self.methods}
         stray = sorted(set(self.method_config) - named)
         if stray:
@@ -77,7 +85,7 @@ class SweepConfig:
 def load_sweep(path: Path) -> SweepConfig:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_settings_yaml(path.read_text())
     except FileNotFoundError as exc:
         raise ConfigError(f"sweep file not found: {path}") from exc
     except yaml.YAMLError as exc:
@@ -89,7 +97,7 @@ def load_sweep(path: Path) -> SweepConfig:
     missing = [f.name for f in fields(SweepConfig) if f.name in ("datasets", "methods", "shots", "seeds") and f.name not in raw]
     if missing:
         raise ConfigError(f"{path} lacks {missing}; see bench.yaml for a complete example")
-    return build_dataclass(SweepConfig, raw, str(path))
+    return build_dataclass(SweepConfig, raw, path)
 
 
 def expand(sweep: SweepConfig) -> list[RunConfig]:

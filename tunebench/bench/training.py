@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from tunebench.bench.config import TrainConfig
 from tunebench.bench.progress import progress
-from tunebench.errors import TunebenchError
+from tunebench.errors import ConfigError, TunebenchError
 
 
 class NonFiniteLoss(TunebenchError):
@@ -27,11 +27,16 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device train.device names (TrainConfig has checked its form); a ConfigError
+    when it names a GPU this machine does not have."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise TunebenchError(f"device {name!r} asked for but no CUDA GPU is visible; use device: auto or cpu")
+        raise ConfigError(f"train.device {name!r} asked for but no CUDA GPU is visible; use auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"train.device {name!r} asked for but this machine has "
+                          f"{torch.cuda.device_count()} GPU(s): use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
     return device
 
 

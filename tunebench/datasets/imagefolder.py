@@ -85,6 +85,20 @@ def folder_label(path: str | Path) -> str:
     return f"{root.name or 'root'}-{fingerprint}"
 
 
+def _check_classes(root: Path, folder_names: list[str], test_labels: np.ndarray, *, split_given: bool) -> None:
+    """Two or more classes and some test images: otherwise top-1 means nothing (one
+    class scores 1.0) or cannot be computed. A test split given as folders may leave
+    classes out; only the automatic split can come out empty (one image per class)."""
+    if len(folder_names) < 2:
+        where = f"{root}/train/" if split_given else f"{root}/"
+        raise DataError(f"{root} has one class ({folder_names[0]}): a classifier needs at least two; "
+                        f"add another class folder in {where}")
+    if len(test_labels) == 0:
+        raise DataError(f"{root}: the automatic 80/20 split leaves no test images (class(es) "
+                        f"{', '.join(folder_names)} have one image each; a class needs 2 to be split): "
+                        "add images, or give train/ and test/ folders")
+
+
 @DATASETS.register("imagefolder:")
 def image_folder(path: str | Path, size: int = DEFAULT_SIZE) -> ClassificationDataset:
     root = Path(path).expanduser().resolve()
@@ -106,6 +120,7 @@ def image_folder(path: str | Path, size: int = DEFAULT_SIZE) -> ClassificationDa
         train, test = stratified_split(labels, fraction=TEST_FRACTION, seed=0)
         train_paths, train_labels = [paths[i] for i in train], labels[train]
         test_paths, test_labels = [paths[i] for i in test], labels[test]
+    _check_classes(root, folder_names, test_labels, split_given=train_root.is_dir())
     # "golden_retriever" -> "golden retriever": the names are read by the text tower.
     classnames = tuple(" ".join(re.split(r"[\s_-]+", name)).strip() for name in folder_names)
     return ClassificationDataset(

@@ -34,7 +34,7 @@ from tunebench.bench.progress import progress
 from tunebench.errors import ConfigError
 from tunebench.models.builds import build_lock as _build_lock
 from tunebench.models.builds import write_build as _write_build
-from tunebench.models.checkpoints import file_digest
+from tunebench.models.checkpoints import file_digest, load_state_file, state_mismatches
 from tunebench.models.efficientnet_lite import load_efficientnet_lite
 from tunebench.models.towers import load_minilm
 from tunebench.models.two_tower import TwoTowerClip
@@ -112,13 +112,14 @@ def build_mini_clip_backbone(
         if pretrained:
             raise ConfigError(f"no built mini-clip in {folder} (run: tunebench build mini-clip)")
         build_mini_clip()
-    from safetensors.torch import load_file
-
+    state = load_state_file(weights)  # before the towers load: a corrupt file fails fast
     model = _untrained_mini_clip()
-    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
-    trained_missing = [k for k in missing if k.startswith(_TRAINED_PREFIXES)]
-    if trained_missing or unexpected:
-        raise ConfigError(f"{weights} does not fit mini-clip; delete {folder} and rebuild")
+    # The file holds the trained parts (and may hold the rest); the towers come from packages.
+    expected = {k: v for k, v in model.state_dict().items() if k in state or k.startswith(_TRAINED_PREFIXES)}
+    problems = state_mismatches(state, expected)
+    if problems:
+        raise ConfigError(f"{weights} does not fit mini-clip ({problems}); delete {folder} and rebuild")
+    model.load_state_dict(state, strict=False)
     model.content_id = f"mini-clip-{file_digest(weights)}"
     return model.eval()
 

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import open_clip
 import torch
-from open_clip.model import CLIP
+from open_clip.model import CLIP, CLIPVisionCfg
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.timm_model import TimmModel
 from open_clip.tokenizer import SimpleTokenizer
@@ -53,7 +53,7 @@ from torch import nn
 
 from tunebench.errors import ConfigError
 from tunebench.models.base import TokenBatch, VisionLanguageBackbone
-from tunebench.models.checkpoints import file_digest, load_state_file
+from tunebench.models.checkpoints import file_digest, load_state_file, state_mismatches
 from tunebench.registry import BACKBONES
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -130,6 +130,34 @@ def _check_supported(arch: str, config: dict) -> None:
             f"open_clip {arch} {reason}, which tunebench does not support yet; "
             "pick a CLIP architecture such as ViT-B-32 or RN50"
         )
+
+
+def vit_image_sizes(arch: str) -> range | None:
+    """The square image sizes a ViT tower takes, or None when it is not an open_clip ViT.
+
+    Its positional embedding has one row per patch of the grid it was built for, and
+    open_clip does not interpolate it: ``size // patch_size`` must give that grid.
+    """
+    vision = CLIPVisionCfg(**(open_clip.get_model_config(arch) or {}).get("vision_cfg", {}))
+    if vision.timm_model_name or isinstance(vision.layers, tuple | list):
+        return None  # a timm trunk or a ModifiedResNet
+    size, patch = vision.image_size, vision.patch_size
+    if not (isinstance(size, int) and isinstance(patch, int)):
+        return None  # non-square: the backbone refuses it when built
+    grid = size // patch
+    return range(grid * patch, (grid + 1) * patch)
+
+
+def check_image_size(config) -> None:
+    """Refuse, before a sweep starts, a train.image_size the ViT cannot take."""
+    _, argument = BACKBONES.resolve(config.backbone)
+    sizes = vit_image_sizes(resolve_arch(argument))
+    if sizes is None or config.train.image_size in sizes:
+        return
+    raise ConfigError(
+        f"{config.backbone} is a ViT whose positional embedding fits {sizes.start}-{sizes.stop - 1} px "
+        f"images: set train.image_size to {sizes.start}, not {config.train.image_size}"
+    )
 
 
 # ---- building -----------------------------------------------------------------------
@@ -300,22 +328,12 @@ class OpenClipBackbone(VisionLanguageBackbone):
     # ---- weights ---------------------------------------------------------------------
     def load_checkpoint(self, path: Path) -> None:
         """Load a local state dict strictly; a checkpoint that does not fit is a ConfigError."""
-        try:
-            state = load_state_file(path)
-        except ConfigError:
-            raise
-        except Exception as exc:  # pickle / zip / safetensors errors: say what to do instead
-            raise ConfigError(
-                f"cannot read {path} as a state dict ({type(exc).__name__}); "
-                "save one with torch.save(model.state_dict(), ...) or safetensors "
-                "(TorchScript archives such as OpenAI's original .pt files are not read)"
-            ) from exc
-        state = self._open_clip_keys(state)
+        state = self._open_clip_keys(load_state_file(path))
         expected = self._clip.state_dict()
         scale = state.get("logit_scale")
         if scale is not None and scale.ndim != expected["logit_scale"].ndim:  # () vs (1,)
             state["logit_scale"] = scale.reshape(expected["logit_scale"].shape)
-        problems = _mismatches(state, expected)
+        problems = state_mismatches(state, expected)
         if problems:
             raise ConfigError(
                 f"checkpoint {path} does not fit open_clip {self.arch}: {problems}; "
@@ -333,24 +351,6 @@ class OpenClipBackbone(VisionLanguageBackbone):
         clip_names = {id(t): n for n, t in self._clip.state_dict(keep_vars=True).items()}
         renames = {n: clip_names[id(t)] for n, t in self.state_dict(keep_vars=True).items()}
         return {renames.get(k, k): v for k, v in state.items()}
-
-
-def _mismatches(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str:
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-    if reshaped:
-        k = reshaped[0]
-        parts.append(
-            f"{len(reshaped)} of another shape (e.g. {k}: "
-            f"{tuple(state[k].shape)} vs {tuple(expected[k].shape)})"
-        )
-    return ", ".join(parts)
 
 
 def _module_patterns(backbone: nn.Module, kind: type[nn.Module]) -> tuple[str, ...]:
@@ -435,3 +435,6 @@ def build_open_clip(argument: str, *, pretrained: str | None = None) -> OpenClip
     else:
         backbone.load_checkpoint(checkpoint)
     return backbone.eval()
+
+
+build_open_clip.check = check_image_size

@@ -68,8 +68,8 @@ def build_tiny_clip(argument: str | None = None, *, pretrained: str | None = Non
     finally:
         torch.random.set_rng_state(generator_state)
     if pretrained:
-        from tunebench.models.checkpoints import load_state_file
+        from tunebench.models.checkpoints import load_checkpoint_strictly
 
-        model.load_state_dict(load_state_file(pretrained), strict=True)
+        load_checkpoint_strictly(model, pretrained, "tiny-clip")
         model.content_id = f"tiny-clip-{pretrained}"
     return model.eval()

@@ -123,9 +123,6 @@ class Generation:
         if not getattr(builder, "text_to_image", False):
             raise ConfigError(f"generation needs a text-to-image backbone (mini-t2i, diffusers:PATH, "
                               f"tiny-t2i), not {config.backbone!r}")
-        check = getattr(builder, "check", None)
-        if check is not None:  # e.g. mini-t2i not built yet: say so before the sweep starts
-            check(config)
         BACKBONES.resolve(settings.clip_backbone)
 
     def run(self, config: RunConfig, context: TaskContext) -> TaskResult:
