@@ -23,6 +23,7 @@ from tunebench.bench.executors import (
     cell_resources,
     check_devices,
     run_sweep_ray,
+    staging_root,
 )
 from tunebench.bench.store import REQUIRED_KEYS
 from tunebench.bench.sweep import expand, load_sweep
@@ -123,6 +124,9 @@ def test_killed_worker_is_retried_then_recorded(tmp_path, local_ray, monkeypatch
     assert set(records) == {c.config_hash for c in cells}  # each cell stored once, none lost
     assert all(record["config_hash"] == key for key, record in records.items())
     assert not leftovers(results)
+    # The killed attempt died inside its staging folder; the sweep's end removed it.
+    staging = staging_root()
+    assert staging.is_dir() and not any(staging.iterdir())
     statuses = sorted(record["status"] for record in records.values())
     if max_retries:  # the killed cell ran again on a fresh worker
         assert statuses == ["ok", "ok"] and len(summary.ok) == 2

@@ -16,3 +16,8 @@ class ConfigError(TunebenchError):
 
 class DataError(TunebenchError):
     """A dataset or image could not be read."""
+
+
+class StorageError(TunebenchError):
+    """A results or cache folder cannot be written (a file in the way, no write access,
+    a full disk) or is in use by another sweep."""

@@ -82,6 +82,7 @@ def _run(args) -> None:
         method_config,
         task_config,
     )
+    from tunebench.bench.lock import claim_results
     from tunebench.bench.runner import Runner, backbone_version, validate_cells
     from tunebench.bench.training import resolve_device
     from tunebench.methods.base import resolve_method
@@ -116,7 +117,8 @@ def _run(args) -> None:
     )
     validate_cells([config])
     resolve_device(config.train.device)  # a GPU that is not there: one line, before the store is touched
-    record = Runner(args.results, force=args.force).run(config)
+    with claim_results(args.results, f"tunebench run --method {args.method} --dataset {args.dataset}"):
+        record = Runner(args.results, force=args.force).run(config)
     if record is None:
         print(f"already finished: {Runner(args.results).store.path(config.config_hash)} (use --force to rerun)")
         return
@@ -150,7 +152,8 @@ def _print_record(record: dict) -> None:
 
 
 def _bench(args) -> None:
-    from tunebench.bench.runner import Runner, run_sweep, validate_cells
+    from tunebench.bench.lock import claim_results
+    from tunebench.bench.runner import unique_cells, validate_cells
     from tunebench.bench.sweep import expand, load_sweep
     from tunebench.registry import load_all
 
@@ -158,13 +161,29 @@ def _bench(args) -> None:
     if args.executor != "ray" and any(flag is not None for flag in ray_flags):
         raise ConfigError("--ray-address, --ray-workers and --ray-cpus-per-cell need --executor ray")
     load_all()
-    cells = expand(load_sweep(args.sweep))
+    listed = expand(load_sweep(args.sweep))
+    cells = unique_cells(listed)
+    if len(cells) < len(listed):
+        print(f"note: {args.sweep} lists {len(listed) - len(cells)} cell(s) more than once; "
+              "each runs once", file=sys.stderr)
     validate_cells(cells)
     if args.dry_run:
         for cell in cells:
             print(f"{cell.config_hash}  {cell.label}")
         print(f"{len(cells)} cells")
         return
+    if args.executor == "ray":
+        from tunebench.bench.executors import import_ray
+
+        import_ray()  # a missing Ray stops here, before the results folder is touched
+    with claim_results(args.results, f"tunebench bench {args.sweep}"):
+        _bench_cells(args, cells)
+
+
+def _bench_cells(args, cells: list) -> None:
+    """Run the (validated, de-duplicated) cells, then report; the caller holds the results-folder lock."""
+    from tunebench.bench.runner import Runner, run_sweep
+
     started = time.perf_counter()
     if args.executor == "ray":
         from tunebench.bench.executors import RayOptions, run_sweep_ray

@@ -6,7 +6,10 @@ division of work keeps the run store the single source of the report:
 
 - a worker runs the cell with the ordinary ``Runner`` and *returns* its record and its
   artifact bytes; it writes nothing under the results folder, so workers need no shared
-  filesystem with the driver, and a worker killed mid-cell leaves nothing behind there;
+  filesystem with the driver, and a worker killed mid-cell leaves nothing behind there.
+  It stages the cell's files in ``CACHE/ray-staging/cell-*``, removed when the cell
+  ends; a killed worker's folder is removed by the next cell on its node, and by the
+  driver after the sweep on the driver's node;
 - the driver writes each artifact, then its record, atomically (``RunStore.write``),
   exactly once per cell, with the runner's rules: a finished hash is not submitted and a
   failed rerun never replaces a stored ``ok`` result;
@@ -24,20 +27,29 @@ mini-clip build takes a lock, so cells running side by side on one node share th
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import os
+import shutil
 import signal
 import sys
 import tempfile
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from tunebench.bench.config import RunConfig
 from tunebench.bench.progress import progress
-from tunebench.bench.runner import SweepSummary, cell_keys, describe_error, store_record
+from tunebench.bench.runner import (
+    SweepSummary,
+    cell_keys,
+    describe_error,
+    store_record,
+    unique_cells,
+)
 from tunebench.bench.store import REQUIRED_KEYS, RunStore, atomic_output
-from tunebench.errors import ConfigError, DataError
+from tunebench.errors import ConfigError, DataError, StorageError
 
 RAY_MISSING = "Ray is not installed: pip install 'tunebench[ray]'"
 # Test-only hook: when this names a file that does not exist yet, the first cell attempt
@@ -98,16 +110,67 @@ _WORKER_RUNNERS: dict[str, object] = {}
 
 def _worker_runner():
     """One Runner per worker process and cache folder, so the pristine backbone is loaded
-    once per worker instead of once per cell. Its store is a private staging folder: the
-    runner saves the artifact there, and the cell hands the bytes back to the driver."""
+    once per worker instead of once per cell. Each cell points its store at a private
+    staging folder (see staging_folder): the runner saves the cell's files there, and
+    the cell hands their bytes back to the driver."""
     from tunebench.bench.runner import Runner
+
+    key = str(staging_root())
+    if key not in _WORKER_RUNNERS:
+        _WORKER_RUNNERS[key] = Runner(staging_root(), force=True)
+    return _WORKER_RUNNERS[key]
+
+
+def staging_root() -> Path:
+    """Where this node's workers stage cell files: in the cache folder, which a test or
+    a user already points at local disk, rather than the system temp folder."""
     from tunebench.paths import tunebench_cache_dir
 
-    key = str(tunebench_cache_dir())
-    if key not in _WORKER_RUNNERS:
-        staging = Path(tempfile.mkdtemp(prefix="tunebench-ray-staging-"))
-        _WORKER_RUNNERS[key] = Runner(staging, force=True)
-    return _WORKER_RUNNERS[key]
+    return tunebench_cache_dir() / "ray-staging"
+
+
+@contextmanager
+def staging_folder() -> Iterator[Path]:
+    """A private folder for one cell's files, removed when the cell ends.
+
+    The folder stays ``flock``ed while the cell runs; the kernel drops that lock when the
+    worker dies, which is how remove_stale_staging tells a dead worker's folder from a
+    live one on this node. It is locked before it gets the ``cell-`` name the cleaner
+    looks for, so the cleaner never sees a live folder unlocked."""
+    root = staging_root()
+    root.mkdir(exist_ok=True)
+    remove_stale_staging(root)
+    new = Path(tempfile.mkdtemp(prefix=".new-", dir=root))
+    handle = os.open(new, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        folder = root / f"cell-{new.name.removeprefix('.new-')}"
+        new.rename(folder)
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        os.close(handle)
+
+
+def remove_stale_staging(root: Path) -> list[Path]:
+    """Delete staging folders whose worker died mid-cell (their lock is free)."""
+    removed = []
+    for folder in root.glob("cell-*"):
+        try:
+            handle = os.open(folder, os.O_RDONLY)
+        except OSError:
+            continue  # removed by its owner meanwhile
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a live cell's
+        finally:
+            os.close(handle)
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
 
 
 def _kill_hook_for_tests() -> None:
@@ -129,16 +192,14 @@ def run_cell(config: RunConfig, threads: int) -> tuple[dict, dict[str, bytes]]:
 
     from tunebench.registry import load_all
 
-    _kill_hook_for_tests()
     load_all()
     torch.set_num_threads(threads)
     runner = _worker_runner()
-    record = runner.run(config, write=False)
-    files = {}
-    for relative in runner.store.files_of(record):
-        staged = runner.store.results_dir / relative
-        files[relative] = staged.read_bytes()
-        staged.unlink()
+    with staging_folder() as folder:
+        _kill_hook_for_tests()  # dies mid-cell, leaving a staging folder to clean
+        runner.store = RunStore(folder)
+        record = runner.run(config, write=False)
+        files = {relative: (folder / relative).read_bytes() for relative in runner.store.files_of(record)}
     return record, files
 
 
@@ -168,8 +229,8 @@ def _collect(ray, ref, config: RunConfig, attempts: int) -> tuple[dict, dict[str
         return ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
         cause = getattr(exc, "cause", None)
-        if isinstance(cause, ConfigError | DataError):
-            raise cause from None  # bad input: stop with its one line, as in-process
+        if isinstance(cause, ConfigError | DataError | StorageError):
+            raise cause from None  # bad input or a full disk: stop with its one line, as in-process
         reason = describe_error(cause) if isinstance(cause, BaseException) else describe_error(exc)
         return lost_cell_record(config, f"cell raised in its worker: {reason}"), {}
     except ray.exceptions.RayError as exc:
@@ -232,14 +293,11 @@ def run_sweep_ray(
     check_devices(configs)
     store = RunStore(results_dir)
     summary = SweepSummary()
-    todo, seen = deque(), set()
-    for config in configs:
-        key = config.config_hash
-        if key in seen:
-            continue
-        seen.add(key)
-        if store.is_finished(key) and not force:
-            summary.skipped.append(key)
+    cells = unique_cells(configs)
+    todo = deque()
+    for config in cells:
+        if store.is_finished(config.config_hash) and not force:
+            summary.skipped.append(config.config_hash)
         else:
             todo.append(config)
     if not todo:
@@ -252,7 +310,7 @@ def run_sweep_ray(
     task = ray.remote(max_retries=options.max_retries, retry_exceptions=False)(run_cell)
     runtime_env = {"env_vars": _forwarded_environment()}
     running: dict = {}
-    bar = progress(total=len(seen), initial=len(summary.skipped), desc="sweep (ray)", unit="run")
+    bar = progress(total=len(cells), initial=len(summary.skipped), desc="sweep (ray)", unit="run")
     try:
         while todo or running:
             while todo and len(running) < options.workers:
@@ -287,4 +345,5 @@ def run_sweep_ray(
         bar.close()
         if started_ray:
             ray.shutdown()
+        remove_stale_staging(staging_root())  # of workers on this node that were killed
     return summary

@@ -23,7 +23,7 @@ from tunebench.bench.progress import progress
 from tunebench.bench.store import SCHEMA_VERSION, RunStore, atomic_output
 from tunebench.bench.training import resolve_device, seed_everything
 from tunebench.datasets import dataset_label
-from tunebench.errors import ConfigError, DataError, TunebenchError
+from tunebench.errors import ConfigError, DataError, StorageError, TunebenchError
 from tunebench.methods.base import resolve_method
 from tunebench.paths import tunebench_cache_dir
 from tunebench.registry import BACKBONES, TASKS
@@ -144,9 +144,10 @@ class Runner:
             if result.pictures:
                 record["pictures"] = self._save_pictures(key, result.pictures)
             record["status"] = "ok"
-        except (KeyboardInterrupt, ConfigError, DataError):
+        except (KeyboardInterrupt, ConfigError, DataError, StorageError):
             # Not results: an interrupted cell is redone on rerun, and bad input (a
-            # corrupt image, a wrong setting) stops with one line before anything is stored.
+            # corrupt image, a wrong setting) or a full disk stops with one line before
+            # anything is stored.
             raise
         except Exception as exc:  # a failing cell is recorded, and the sweep goes on
             record["error"] = describe_error(exc)
@@ -171,12 +172,13 @@ class Runner:
         return paths
 
     def _save_artifact(self, key: str, adapter) -> dict:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         tensors = adapter.artifact()
         path = self.store.artifacts_dir / f"{key}.safetensors"
+        data = save(tensors)  # written by Python, so a full disk raises OSError (ENOSPC)
         with atomic_output(path) as tmp:
-            save_file(tensors, tmp)
+            Path(tmp).write_bytes(data)
         return {"path": str(path.relative_to(self.store.results_dir)), "bytes": path.stat().st_size,
                 "tensors": len(tensors)}
 
@@ -211,9 +213,18 @@ def check_checkpoint(backbone: str, pretrained: str) -> None:
                           f"{describe_error(exc)}") from exc
 
 
+def unique_cells(configs: list[RunConfig]) -> list[RunConfig]:
+    """Each cell once (a sweep may list a method, seed or dataset twice), in order.
+    Both executors run only these, so a repeat is never counted as already finished."""
+    cells: dict[str, RunConfig] = {}
+    for config in configs:
+        cells.setdefault(config.config_hash, config)
+    return list(cells.values())
+
+
 def run_sweep(configs: list[RunConfig], runner: Runner) -> SweepSummary:
     summary = SweepSummary()
-    bar = progress(configs, desc="sweep", unit="run")
+    bar = progress(unique_cells(configs), desc="sweep", unit="run")
     for config in bar:
         record = runner.run(config)
         if record is None:

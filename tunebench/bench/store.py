@@ -2,16 +2,24 @@
 
 Writes are atomic (temporary file in the same folder, then rename), so a crash or an
 interrupted sweep never leaves half a file, and a stored result is never lost to a
-later failure: a failed rerun of a finished cell is not attempted at all.
+later failure: a failed rerun of a finished cell is not attempted at all. A write that
+fails for want of space or rights raises `StorageError` with one line; what a killed
+writer leaves behind (``.NAME.XXXX.tmp``, files no record names) is removed by
+`RunStore.remove_leftovers` at the next start, under the results-folder lock.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import re
+import secrets
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from tunebench.errors import StorageError
+from tunebench.paths import DISK_FULL, probe_writable
 
 # The run-record format. Records written before the key existed carry no
 # ``schema_version`` and read as 1. Bump it when a key changes meaning; the report reads
@@ -22,33 +30,53 @@ REQUIRED_KEYS = (
     "config_hash", "train_seconds", "eval_seconds", "trainable_params", "total_params",
     "peak_memory_mb", "images_per_second", "metrics", "env",
 )
+# What the runner names its files: artifacts/HASH.safetensors, pictures/HASH-NAME.png.
+_OWN_FILE = re.compile(r"^[0-9a-f]{16}(\.safetensors|-[A-Za-z0-9_.-]+\.png)$")
+
+
+def _new_temporary(path: Path) -> Path:
+    """A new empty file beside ``path``, created as ``open()`` creates files (0666 less
+    the umask; mkstemp's 0600 would hide stored results from other users)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def storage_error(path: Path, exc: OSError) -> StorageError:
+    """One line for an OS error while writing ``path``."""
+    if exc.errno in DISK_FULL:
+        return StorageError(f"disk full while writing {path}: nothing half-written is left; "
+                            "free space and rerun to resume")
+    reason = exc.strerror or type(exc).__name__
+    return StorageError(f"cannot write {path}: {reason}; make the folder writable or choose another one")
 
 
 @contextmanager
-def atomic_output(path: Path):
+def atomic_output(path: Path) -> Iterator[str]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _new_temporary(path)
+        mode = tmp.stat().st_mode & 0o777
+        try:
+            yield str(tmp)
+            os.chmod(tmp, mode)  # a writer that replaces the file (safetensors does) leaves 0600
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        raise storage_error(path, exc) from exc
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 class RunStore:
@@ -57,6 +85,10 @@ class RunStore:
         self.runs_dir = self.results_dir / "runs"
         self.artifacts_dir = self.results_dir / "artifacts"
         self.pictures_dir = self.results_dir / "pictures"
+
+    @property
+    def folders(self) -> tuple[Path, ...]:
+        return (self.results_dir, self.runs_dir, self.artifacts_dir, self.pictures_dir)
 
     def path(self, config_hash: str) -> Path:
         return self.runs_dir / f"{config_hash}.json"
@@ -85,3 +117,57 @@ class RunStore:
         path = self.path(record["config_hash"])
         atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
         return path
+
+    def check_writable(self) -> None:
+        """Stop with one line, before any cell runs, when results cannot be stored here."""
+        for folder in self.folders:
+            if folder.exists() and not folder.is_dir():
+                raise StorageError(f"results path {folder} is a file, not a folder: pass another --results")
+        try:
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+            for folder in self.folders:
+                if folder.is_dir():  # a missing artifacts/ or pictures/ is made in a writable parent
+                    probe_writable(folder)
+        except OSError as exc:
+            if exc.errno in DISK_FULL:
+                raise StorageError(f"disk full in results folder {self.results_dir}: "
+                                   "free space and rerun") from exc
+            raise StorageError(f"results folder {self.results_dir} is not writable "
+                               f"({exc.strerror or exc}): make it writable or pass another --results") from exc
+
+    def remove_leftovers(self) -> list[Path]:
+        """Delete what killed writers left behind: temporary files, and artifacts or
+        pictures that no record names. Call only while holding the results-folder lock,
+        so that no live writer owns them."""
+        stray = sorted(set(self._temporaries()) | set(self._orphans()))
+        for path in stray:
+            path.unlink(missing_ok=True)
+        return stray
+
+    def _temporaries(self) -> list[Path]:
+        found = [p for folder in self.folders[1:] if folder.is_dir() for p in folder.glob(".*.tmp")]
+        found += self.results_dir.glob(".tunebench-probe.*.tmp")
+        found += self.artifacts_dir.glob(".tmp*")  # safetensors' own temporary files
+        return found
+
+    def _orphans(self) -> list[Path]:
+        """Artifacts and pictures (by the runner's names) that no record, ok or failed,
+        names; none at all while some record cannot be read, as it might name them."""
+        named = self._named_files()
+        if named is None:
+            return []
+        return [p for folder in (self.artifacts_dir, self.pictures_dir) if folder.is_dir()
+                for p in folder.iterdir()
+                if p.is_file() and _OWN_FILE.match(p.name)
+                and p.relative_to(self.results_dir).as_posix() not in named]
+
+    def _named_files(self) -> set[str] | None:
+        """Every file any stored record names, or None when a record cannot be read."""
+        named: set[str] = set()
+        for path in self.runs_dir.glob("*.json"):
+            try:
+                record = json.loads(path.read_text())
+                named.update(Path(p).as_posix() for p in self.files_of(record))
+            except (OSError, ValueError, AttributeError, KeyError, TypeError):
+                return None
+        return named
