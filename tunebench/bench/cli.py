@@ -233,7 +233,8 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run one cell and store its result")
     p.add_argument("--method", required=True,
                    help="see `tunebench list methods`; lit:PRESET picks a lit preset")
-    p.add_argument("--dataset", required=True, help="see `tunebench list datasets`; imagefolder:PATH for your own")
+    p.add_argument("--dataset", required=True, help="see `tunebench list datasets`; imagefolder:PATH for "
+                   "your own, coop:DATA/NAME for CoOp's dataset folders")
     p.add_argument("--task", default="fewshot-cls",
                    help="fewshot-cls (default), align, detect or generation; see `tunebench list -v tasks`")
     p.add_argument("--backbone", default="mini-clip", help=BACKBONE_HELP)

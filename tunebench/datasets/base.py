@@ -1,9 +1,10 @@
 """What a classification dataset gives the runner.
 
 A dataset is class names, prompt templates and two image sources (train pool and
-test). Images are handed out as uint8 arrays so that the backbone decides the
-resolution and normalisation; decoding is lazy so that an image folder of any size
-costs nothing until its images are needed.
+test), plus a validation source where the data ships one (CoOp's split files do).
+Images are handed out as uint8 arrays so that the backbone decides the resolution and
+normalisation; decoding is lazy so that an image folder of any size costs nothing
+until its images are needed.
 """
 
 from __future__ import annotations
@@ -118,7 +119,11 @@ class FileImages(ImageSource):
 
 @dataclass(frozen=True)
 class ClassificationDataset:
-    """Class names, prompt templates (each with one ``{}``), a train pool and a fixed test split."""
+    """Class names, prompt templates (each with one ``{}``), a train pool and a fixed test split.
+
+    ``val`` is a published validation split kept apart from both, for choosing
+    hyper-parameters without looking at the test split; None where the data has none.
+    """
 
     name: str
     classnames: tuple[str, ...]
@@ -126,6 +131,7 @@ class ClassificationDataset:
     train: ImageSource
     test: ImageSource
     native_size: int  # pixels per side of the source images
+    val: ImageSource | None = None
 
     @property
     def num_classes(self) -> int:

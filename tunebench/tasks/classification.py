@@ -13,7 +13,7 @@ from tunebench.bench.config import RunConfig, method_config
 from tunebench.bench.features import FeatureCache, encode_images
 from tunebench.bench.measure import Stopwatch
 from tunebench.bench.training import autocast_for, train_classifier
-from tunebench.datasets import fewshot_indices, load_dataset, test_indices
+from tunebench.datasets import check_shots, fewshot_indices, load_dataset, test_indices
 from tunebench.methods.base import ClassPrompts, resolve_method
 from tunebench.registry import TASKS
 from tunebench.tasks.base import TaskContext, TaskResult, refuse_detectors
@@ -25,8 +25,11 @@ class FewShotClassification:
 
     def validate(self, config: RunConfig) -> None:
         refuse_detectors(config)
-        load_dataset(config.dataset)  # unknown dataset or missing data fails here, early
-        method_config(resolve_method(config.method, config.task)[0], config.method_config, f"method_config.{config.method}")
+        dataset = load_dataset(config.dataset)  # unknown dataset or missing data fails here, early
+        method_cls = resolve_method(config.method, config.task)[0]
+        method_config(method_cls, config.method_config, f"method_config.{config.method}")
+        if method_cls.trains:  # K larger than a class's pool stops the sweep, not its Nth cell
+            check_shots(dataset, config.shots)
 
     def run(self, config: RunConfig, context: TaskContext) -> TaskResult:
         dataset = load_dataset(config.dataset)
