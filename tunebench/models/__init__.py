@@ -4,6 +4,7 @@ A builder has the signature ``build(argument, *, pretrained=None) -> VisionLangu
 """
 
 from tunebench.models import (  # noqa: F401
+    hf_clip,
     judge,
     mini_clip,
     mini_det,

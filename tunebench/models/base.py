@@ -169,6 +169,17 @@ class VisionLanguageBackbone(nn.Module, ABC):
         return any(p.requires_grad for p in self.image_tower.parameters())
 
 
+def module_patterns(root: nn.Module, kinds: type[nn.Module] | tuple[type[nn.Module], ...]) -> tuple[str, ...]:
+    """Regexes for the parameters of every ``kinds`` module under ``root``, with block
+    indices folded to ``\\d+`` so that one pattern covers a layer in every block."""
+    patterns: dict[str, None] = {}
+    for name, module in root.named_modules():
+        if isinstance(module, kinds) and any(True for _ in module.parameters(recurse=False)):
+            parts = [r"\d+" if p.isdigit() else re.escape(p) for p in name.split(".")]
+            patterns["^" + r"\.".join(parts) + r"\."] = None
+    return tuple(patterns)
+
+
 def count_parameters(params) -> int:
     """Number of scalar values, counting each shared tensor once."""
     seen: set[int] = set()

@@ -52,7 +52,7 @@ from open_clip.transformer import VisionTransformer, text_global_pool
 from torch import nn
 
 from tunebench.errors import ConfigError
-from tunebench.models.base import TokenBatch, VisionLanguageBackbone
+from tunebench.models.base import TokenBatch, VisionLanguageBackbone, module_patterns
 from tunebench.models.checkpoints import file_digest, load_state_file, state_mismatches
 from tunebench.registry import BACKBONES
 
@@ -353,16 +353,6 @@ class OpenClipBackbone(VisionLanguageBackbone):
         return {renames.get(k, k): v for k, v in state.items()}
 
 
-def _module_patterns(backbone: nn.Module, kind: type[nn.Module]) -> tuple[str, ...]:
-    """Regexes for the parameters of every ``kind`` module, block indices folded to ``\\d+``."""
-    patterns: dict[str, None] = {}
-    for name, module in backbone.named_modules():
-        if isinstance(module, kind) and any(True for _ in module.parameters(recurse=False)):
-            parts = [r"\d+" if p.isdigit() else re.escape(p) for p in name.split(".")]
-            patterns["^" + r"\.".join(parts) + r"\."] = None
-    return tuple(patterns)
-
-
 def open_clip_group_patterns(backbone: OpenClipBackbone) -> dict[str, tuple[str, ...]]:
     """The named parameter groups (see base.GROUP_NAMES) for this backbone's towers.
 
@@ -392,8 +382,8 @@ def open_clip_group_patterns(backbone: OpenClipBackbone) -> dict[str, tuple[str,
         "image_tower": (r"^image_tower\.",),
         "text_tower": (r"^text_tower\.",),
         "projection": tuple(projection),
-        "layernorm": _module_patterns(backbone, nn.LayerNorm),
-        "image_norm": tuple(p for p in _module_patterns(backbone, (nn.LayerNorm, nn.BatchNorm2d))
+        "layernorm": module_patterns(backbone, nn.LayerNorm),
+        "image_norm": tuple(p for p in module_patterns(backbone, (nn.LayerNorm, nn.BatchNorm2d))
                             if p.startswith(r"^image_tower\.")),
         "bias": (r"[._]bias$",),
         "attention": tuple(attention),
