@@ -369,3 +369,19 @@ def test_sharded_weights_load_and_are_digested(clip_folder, _backbone, tmp_path)
     pixels = torch.randn(2, 3, SIZE, SIZE)
     with torch.no_grad():
         assert torch.equal(sharded.encode_image(pixels), _backbone.encode_image(pixels))
+
+
+def test_detector_on_a_vit_is_refused_before_any_model_loads(clip_folder, tmp_path, capsys, monkeypatch):
+    from tunebench.registry import BACKBONES
+
+    loads: list[str] = []
+    build = BACKBONES.resolve("hf-clip:x")[0]
+    monkeypatch.setitem(BACKBONES._entries, "hf-clip:",
+                        lambda *args, **kwargs: loads.append("hf-clip") or build(*args, **kwargs))
+    code = main(["run", "--task", "detect", "--method", "cones", "--dataset", "tiny-det",
+                 "--backbone", f"det:hf-clip:{clip_folder}", "--shots", "2",
+                 "--results", str(tmp_path / "results")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "the detector needs a CNN image tower" in err and "is a ViT" in err
+    assert loads == [] and not (tmp_path / "results").exists()

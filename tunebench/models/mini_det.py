@@ -173,6 +173,19 @@ def build_detection_backbone(argument: str, *, pretrained: str | None = None) ->
     return _seeded_detector(clip, DetectorSpec(), f"det-{clip.content_id}", pretrained)
 
 
+def _refuse_vit_towers(config) -> None:
+    """Refuse ViT towers during validation, before any model loads: the detector taps
+    feature maps at growing strides, which a ViT (all blocks at one stride) lacks."""
+    inner = config.backbone.partition(":")[2]
+    if inner.startswith("hf-clip:") or (inner.startswith("open_clip:") and "vit" in inner.lower()):
+        raise ConfigError(f"{config.backbone}: the detector needs a CNN image tower with multi-scale "
+                          f"feature maps, and {inner} is a ViT: use det:mini-clip, det:tiny-clip or "
+                          "an open_clip CNN (RN50, convnext_*)")
+
+
+build_detection_backbone.check = _refuse_vit_towers
+
+
 # Test-sized detector parts for tiny-detector (tiny-clip's towers): milliseconds a step.
 TINY_SPEC = DetectorSpec(fpn_channels=16, representation=32, anchor_sizes=((12, 18), (24, 36)),
                          mask_channels=8, proposals_train=64, proposals_test=32, regions_per_image=32)
