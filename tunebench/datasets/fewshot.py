@@ -78,16 +78,8 @@ def fewshot_indices(
 
     Read from the split file when a valid one exists, otherwise drawn and written.
     """
-    if shots < 1:
-        raise ConfigError(f"shots must be >= 1, got {shots}")
+    check_shots(dataset, shots)
     labels = dataset.train.labels
-    counts = np.bincount(labels, minlength=dataset.num_classes)
-    short = [dataset.classnames[c] for c in range(dataset.num_classes) if counts[c] < shots]
-    if short:
-        raise DataError(
-            f"{dataset.name}: class(es) {', '.join(short)} have fewer than {shots} training "
-            f"images (smallest has {counts.min()}): use at most {counts.min()} shots"
-        )
     directory = cache_dir if cache_dir is not None else tunebench_cache_dir() / "splits"
     path = directory / split_filename(dataset.name, len(labels), shots, seed)
     if path.exists():
@@ -97,6 +89,20 @@ def fewshot_indices(
     indices = _draw(labels, dataset.num_classes, shots, seed)
     _write_split(path, dataset, shots, seed, indices)
     return indices
+
+
+def check_shots(dataset: ClassificationDataset, shots: int) -> None:
+    """Refuse ``shots`` that some class cannot give, naming each such class and its count."""
+    if shots < 1:
+        raise ConfigError(f"shots must be >= 1, got {shots}")
+    counts = np.bincount(dataset.train.labels, minlength=dataset.num_classes)
+    short = [f"class {dataset.classnames[c]!r} has {counts[c]}" for c in np.argsort(counts, kind="stable")
+             if counts[c] < shots]
+    if short:
+        raise DataError(
+            f"{dataset.name}: {shots} shots need {shots} training images per class, but "
+            f"{'; '.join(short)}: use at most {counts.min()} shots"
+        )
 
 
 def split_filename(dataset_name: str, pool_size: int, shots: int, seed: int) -> str:
