@@ -9,6 +9,7 @@ ALIGN_SWEEPS ?= bench-align.yaml
 ALIGN_SCALING_SWEEPS ?= bench-align-data.yaml bench-align-lite2.yaml
 DETECT_SWEEPS ?= bench-detect.yaml bench-detect-textile.yaml
 GEN_SWEEPS ?= bench-gen.yaml bench-gen-cost.yaml
+B2N_SWEEPS ?= bench-b2n.yaml
 RESULTS ?= results
 STAMP := $(VENV)/.tunebench-installed
 # $(call run_sweeps,SWEEP FILES): run each sweep (stop at the first that fails), then
@@ -16,11 +17,12 @@ STAMP := $(VENV)/.tunebench-installed
 run_sweeps = for sweep in $(1); do $(PY) -m tunebench bench $$sweep --results $(RESULTS) --no-report || exit 1; done; \
 	$(PY) -m tunebench report --results $(RESULTS)
 
-.PHONY: setup bench bench-align bench-align-scaling bench-detect bench-gen test report lint build clean-cache help
+.PHONY: setup bench bench-b2n bench-align bench-align-scaling bench-detect bench-gen test report lint build clean-cache help
 
 help:
 	@echo "make setup   create $(VENV) and install tunebench, its data and model packages"
 	@echo "make bench   setup + build mini-clip if needed + run $(SWEEP) + write the report"
+	@echo "make bench-b2n    setup + build mini-clip if needed + run base-to-new generalisation ($(B2N_SWEEPS)) + write the report"
 	@echo "make bench-align  setup + run the alignment track, every preset ($(ALIGN_SWEEPS)) + write the report"
 	@echo "make bench-align-scaling  its data- and model-size axes ($(ALIGN_SCALING_SWEEPS)) + write the report"
 	@echo "make bench-detect setup + build mini-det if needed + run $(DETECT_SWEEPS) + write the report"
@@ -51,6 +53,10 @@ build: setup
 
 bench: build
 	$(PY) -m tunebench bench $(SWEEP) --results $(RESULTS)
+
+# Base-to-new generalisation (CoCoOp's protocol) on mini-clip, every classification method.
+bench-b2n: build
+	$(call run_sweeps,$(B2N_SWEEPS))
 
 # The align track starts from unaligned towers, so it needs no mini-clip build.
 bench-align: setup

@@ -31,6 +31,8 @@ def expected_trainable(name: str, adapter, backbone, classes) -> set[str]:
         return {"concepts"}
     if name == "coop":
         return {"context"}
+    if name == "cocoop":  # CoOp's context + the meta-network (Linear -> ReLU -> Linear)
+        return {"context"} | {f"meta_net.{layer}.{p}" for layer in ("linear1", "linear2") for p in ("weight", "bias")}
     if name == "textual-inversion":
         return {"tokens"}
     if name == "lit":  # default preset "lilt": adapters + text LayerNorms + projections
@@ -47,7 +49,7 @@ def expected_trainable(name: str, adapter, backbone, classes) -> set[str]:
 
 
 def test_every_method_has_an_expectation():
-    assert set(ALL_METHODS) >= {"zero-shot", "linear-probe", "cones", "coop",
+    assert set(ALL_METHODS) >= {"zero-shot", "linear-probe", "cones", "coop", "cocoop",
                                 "textual-inversion", "lit", "full-ft"}
 
 

@@ -54,6 +54,7 @@ _FIXED = {
     "linear-probe": ("#0072B2", "s"),
     "cones": ("#D55E00", "o"),
     "coop": ("#009E73", "^"),
+    "cocoop": ("#117733", "H"),  # a darker green: CoOp's kin
     "textual-inversion": ("#CC79A7", "D"),
     "lit": ("#E69F00", "v"),
     "full-ft": ("#000000", "P"),

@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunebench.bench import figures, report_align, report_detect, report_gen
+from tunebench.bench import figures, report_align, report_b2n, report_detect, report_gen
 from tunebench.bench.report_checks import (
     cost_problem,
     is_finite_number,
@@ -30,7 +30,7 @@ from tunebench.bench.store import REQUIRED_KEYS, atomic_write_text
 from tunebench.errors import TunebenchError
 
 # Cheapest to most expensive; methods not named here follow alphabetically.
-METHOD_ORDER = ("zero-shot", "linear-probe", "cones", "coop", "textual-inversion", "lit", "full-ft")
+METHOD_ORDER = ("zero-shot", "linear-probe", "cones", "coop", "cocoop", "textual-inversion", "lit", "full-ft")
 ZERO_SHOT = "zero-shot"
 # Classification metrics that are fractions in [0, 1] (fnmatch patterns, as the tracks' FRACTIONS).
 FRACTIONS = ("top1", "top5")
@@ -460,7 +460,7 @@ def render_markdown(
 #   FRACTIONS  fnmatch patterns of its metrics that are fractions in [0, 1]
 #   write_section(runs, results_dir) -> (markdown lines, written files)
 # Runs of any other task are few-shot classification tables (metric top1).
-TRACK_SECTIONS = (report_align, report_detect, report_gen)
+TRACK_SECTIONS = (report_align, report_detect, report_gen, report_b2n)
 
 
 def _section_for(task: str):

@@ -16,11 +16,17 @@ A method may name a variant after a colon (``lit:bitfit`` is ``lit`` with
 ``preset: bitfit``); its settings are those of ``method_config.lit`` overlaid with
 those of ``method_config["lit:bitfit"]``. ``backbone`` may be a list: every cell
 then runs on each backbone (the model-size axis).
+
+``datasets``, ``backbone`` and ``pretrained`` may name environment variables as
+``${NAME}``, so that one recipe serves every machine (``bench-coop-vitb16.yaml`` reads
+``${CLIP}`` and ``${DATA}``); the cells store the expanded paths.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -97,7 +103,32 @@ def load_sweep(path: Path) -> SweepConfig:
     missing = [f.name for f in fields(SweepConfig) if f.name in ("datasets", "methods", "shots", "seeds") and f.name not in raw]
     if missing:
         raise ConfigError(f"{path} lacks {missing}; see bench.yaml for a complete example")
+    for key in PATH_KEYS:
+        if key in raw:
+            raw[key] = _with_environment(raw[key], path)
     return build_dataclass(SweepConfig, raw, path)
+
+
+# Settings that hold paths, where ${NAME} is read from the environment.
+PATH_KEYS = ("datasets", "backbone", "pretrained")
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _with_environment(value, path: Path):
+    """``value`` (a string or a list of them) with each ${NAME} replaced by its value."""
+    if isinstance(value, list):
+        return [_with_environment(v, path) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def lookup(match: re.Match) -> str:
+        name = match.group(1)
+        if not os.environ.get(name):
+            raise ConfigError(f"{path} uses ${{{name}}}, which is not set: run e.g. "
+                              f"{name}=/path/to/it tunebench bench {path}")
+        return os.environ[name]
+
+    return _VARIABLE.sub(lookup, value)
 
 
 def expand(sweep: SweepConfig) -> list[RunConfig]:

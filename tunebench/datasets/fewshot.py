@@ -103,9 +103,11 @@ def check_shots(dataset: ClassificationDataset, shots: int) -> None:
         named = ", ".join(f"{dataset.classnames[c]} ({counts[c]})" for c in short[:5])
         more = f" and {len(short) - 5} more" if len(short) > 5 else ""
         fewest = int(counts.min())
+        fix = (f"use at most {fewest} shots" if fewest else
+               "a class without training images cannot be drawn from: add images or remove the class")
         raise DataError(
             f"{dataset.name}: {shots} shots asked, but class(es) {named}{more} have fewer "
-            f"training images: use at most {fewest} shots"
+            f"training images: {fix}"
         )
 
 

@@ -3,7 +3,11 @@
 An adapter wraps a backbone for one task's classes. It decides which parameters
 train (freezing everything else), how class embeddings are produced, and what its
 saveable artifact is. The runner knows no method by name: everything it needs is
-here.
+here. Tasks score images through ``scorer()`` (one class side for all images by
+default; CoCoOp conditions it on each image) and, for base-to-new generalisation,
+through ``new_class_scorer(classes)``: what the method does on classes it never
+trained on, from their names alone. Every method defines that one and says what it
+does in its docstring.
 
 To add a method: one module in ``tunebench/methods/`` with a config dataclass and a
 subclass of ``MethodAdapter`` decorated with ``@METHODS.register("name")``. The
@@ -13,6 +17,7 @@ package imports every module in its folder, so no other file changes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -23,6 +28,10 @@ from torch import nn
 from tunebench.errors import ConfigError
 from tunebench.models.base import VisionLanguageBackbone, count_parameters
 from tunebench.registry import method_registry
+
+# Logits (N, C) from L2-normalised joint-space image embeddings (N, D). A scorer holds
+# whatever text side it needs, computed once when it was made.
+Scorer = Callable[[torch.Tensor], torch.Tensor]
 
 
 def hyperparameter(default, help: str):
@@ -96,6 +105,10 @@ class MethodAdapter(TrainableParts, nn.Module, ABC):
     # False for methods that classify with a head of their own (linear-probe) instead of
     # class embeddings, which tasks that score regions or captions need.
     uses_class_embeddings: ClassVar[bool] = True
+    # True for methods whose class prompts are encoded anew for every image (CoCoOp):
+    # they have no single (C, D) class-embedding matrix, only ``scorer()``, so tasks
+    # that score regions or captions against class embeddings cannot use them.
+    per_image_prompts: ClassVar[bool] = False
 
     def __init__(
         self, backbone: VisionLanguageBackbone, classes: ClassPrompts, config: MethodConfig
@@ -114,14 +127,34 @@ class MethodAdapter(TrainableParts, nn.Module, ABC):
     def embed_images(self, trunk_features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.backbone.project_image(trunk_features), dim=-1)
 
+    def logit_scale(self) -> torch.Tensor:
+        """CLIP's inverse softmax temperature, clamped at 100 as CLIP clamps it."""
+        return self.backbone.logit_scale.exp().clamp(max=100.0)
+
     def head(self, image_embeddings: torch.Tensor, class_embeddings: torch.Tensor | None):
-        scale = self.backbone.logit_scale.exp().clamp(max=100.0)
-        return scale * image_embeddings @ class_embeddings.T
+        return self.logit_scale() * image_embeddings @ class_embeddings.T
+
+    def scorer(self) -> Scorer:
+        """Logits over the classes the adapter was built for. The default encodes the
+        class side once (``class_embeddings``) and scores every image against it;
+        methods whose prompts depend on the image override this."""
+        return self.score_with(self.class_embeddings())
+
+    def score_with(self, class_embeddings: torch.Tensor | None) -> Scorer:
+        """A scorer through ``head`` against fixed class embeddings."""
+        return lambda image_embeddings: self.head(image_embeddings, class_embeddings)
+
+    @abstractmethod
+    def new_class_scorer(self, classes: ClassPrompts) -> Scorer | None:
+        """A scorer over ``classes`` the method never trained on, made from their names
+        alone (base-to-new generalisation); None when the method has no answer for
+        classes it has not seen. Each method's docstring says what it does."""
 
     def forward(self, images: torch.Tensor, *, pixels: bool) -> torch.Tensor:
         """Logits (N, C) from pixels or from cached image-trunk features."""
         trunk = self.backbone.encode_image_trunk(images) if pixels else images
-        return self.head(self.embed_images(trunk), self.class_embeddings())
+        image_embeddings = self.embed_images(trunk)
+        return self.scorer()(image_embeddings)
 
     def train(self, mode: bool = True):
         """Only the method's own modules switch to training mode.

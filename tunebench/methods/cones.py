@@ -35,3 +35,8 @@ class Cones(MethodAdapter):
 
     def class_embeddings(self) -> torch.Tensor:
         return F.normalize(self.concepts, dim=-1)
+
+    def new_class_scorer(self, classes):
+        """Concepts are learned per class, so new classes are scored zero-shot: the frozen
+        text encoder's prompt ensemble of their names (ConES's own starting point)."""
+        return self.score_with(prompt_ensemble_embeddings(self.backbone, classes))

@@ -39,17 +39,25 @@ class Coop(MethodAdapter):
 
     def __init__(self, backbone, classes, config) -> None:
         super().__init__(backbone, classes, config)
-        slots = " ".join([PLACEHOLDER] * config.n_ctx)
-        self.prompts = SlotPrompts(
-            backbone, [f"{slots} {name}." for name in classes.classnames], config.n_ctx
-        )
+        self.prompts = self.slot_prompts(classes.classnames)
         init = word_embedding(backbone, config.ctx_init) if config.ctx_init else None
         if init is None or init.shape[0] != config.n_ctx:
             # CoOp's fallback: small Gaussian noise when the init phrase does not fit.
             init = torch.randn(config.n_ctx, backbone.text_width) * 0.02
         self.context = nn.Parameter(init.clone())
 
+    def slot_prompts(self, classnames) -> SlotPrompts:
+        """ "X X X X <name>." per class, the X slots filled by the context at each pass."""
+        slots = " ".join([PLACEHOLDER] * self.config.n_ctx)
+        return SlotPrompts(self.backbone, [f"{slots} {name}." for name in classnames], self.config.n_ctx)
+
     def class_embeddings(self) -> torch.Tensor:
-        n_classes = len(self.classes.classnames)
-        slots = self.context.unsqueeze(0).expand(n_classes, -1, -1)
-        return F.normalize(self.prompts.encode(self.backbone, slots), dim=-1)
+        return self._encode(self.prompts)
+
+    def new_class_scorer(self, classes):
+        """The learned context, shared by all classes, with the new names in the class slot."""
+        return self.score_with(self._encode(self.slot_prompts(classes.classnames).to(self.context.device)))
+
+    def _encode(self, prompts: SlotPrompts) -> torch.Tensor:
+        slots = self.context.unsqueeze(0).expand(len(prompts), -1, -1)
+        return F.normalize(prompts.encode(self.backbone, slots), dim=-1)

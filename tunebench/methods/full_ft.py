@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from tunebench.methods.base import MethodAdapter, MethodConfig, hyperparameter
-from tunebench.methods.prompts import FixedPrompts
+from tunebench.methods.prompts import FixedPrompts, single_prompt_embeddings
 from tunebench.registry import METHODS
 
 
@@ -31,3 +31,7 @@ class FullFinetune(MethodAdapter):
 
     def class_embeddings(self) -> torch.Tensor:
         return F.normalize(self.prompts.encode(self.backbone), dim=-1)
+
+    def new_class_scorer(self, classes):
+        """The new names in the same single prompt, through the fine-tuned text tower."""
+        return self.score_with(single_prompt_embeddings(self.backbone, classes))

@@ -37,6 +37,10 @@ class LinearProbe(MethodAdapter):
     def class_embeddings(self) -> None:
         return None
 
+    def new_class_scorer(self, classes) -> None:
+        """No answer: its head has one row per trained class and none for unseen names."""
+        return None
+
     def head(self, image_embeddings, class_embeddings):
         return self.linear(image_embeddings) / self.config.temperature
 

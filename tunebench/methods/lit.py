@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunebench.methods.base import MethodAdapter, MethodConfig, hyperparameter
-from tunebench.methods.prompts import FixedPrompts
+from tunebench.methods.prompts import FixedPrompts, single_prompt_embeddings
 from tunebench.models.base import DETECTION_GROUP_NAMES, GROUP_NAMES
 from tunebench.registry import METHODS
 
@@ -139,6 +139,10 @@ class Lit(MethodAdapter):
         if self.prompts is None:
             return None
         return F.normalize(self.prompts.encode(self.backbone), dim=-1)
+
+    def new_class_scorer(self, classes):
+        """The new names in the same single prompt, through the tuned towers (adapters included)."""
+        return self.score_with(single_prompt_embeddings(self.backbone, classes))
 
     def optimizer_groups(self) -> list[dict]:
         if self.config.pretrained_lr is None:

@@ -9,9 +9,10 @@ text encoder as ``inputs_embeds``. Gradients reach only the learned vectors.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from tunebench.models.base import VisionLanguageBackbone
+from tunebench.models.base import TokenBatch, VisionLanguageBackbone
 
 PLACEHOLDER = "X"
 
@@ -33,14 +34,26 @@ class SlotPrompts(nn.Module):
             )
         self.register_buffer("slot_mask", mask, persistent=False)
 
-    def encode(self, backbone: VisionLanguageBackbone, slot_vectors: torch.Tensor) -> torch.Tensor:
-        """Text features with ``slot_vectors`` (P, slots, W) written into the slots."""
-        ids = self.tokens.input_ids.to(self.slot_mask.device)
-        frozen = backbone.token_embedding()(ids)
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def encode(
+        self, backbone: VisionLanguageBackbone, slot_vectors: torch.Tensor, *, copies: int = 1
+    ) -> torch.Tensor:
+        """Text features with ``slot_vectors`` (copies × P, slots, W) written into the slots.
+
+        ``copies`` > 1 encodes the whole prompt list that many times over in one pass,
+        each copy with its own slot vectors (CoCoOp: one copy per image).
+        """
+        tokens, mask = self.tokens, self.slot_mask
+        if copies > 1:
+            tokens = TokenBatch(tokens.input_ids.repeat(copies, 1), tokens.attention_mask.repeat(copies, 1))
+            mask = mask.repeat(copies, 1)
+        frozen = backbone.token_embedding()(tokens.input_ids.to(mask.device))
         embeds = frozen.masked_scatter(
-            self.slot_mask.unsqueeze(-1), slot_vectors.to(frozen.dtype).reshape(-1, frozen.shape[-1])
+            mask.unsqueeze(-1), slot_vectors.to(frozen.dtype).reshape(-1, frozen.shape[-1])
         )
-        return backbone.encode_text(self.tokens, inputs_embeds=embeds)
+        return backbone.encode_text(tokens, inputs_embeds=embeds)
 
 
 def word_embedding(backbone: VisionLanguageBackbone, words: str) -> torch.Tensor:
@@ -59,3 +72,10 @@ class FixedPrompts(nn.Module):
 
     def encode(self, backbone: VisionLanguageBackbone) -> torch.Tensor:
         return backbone.encode_text(self.tokens)
+
+
+def single_prompt_embeddings(backbone: VisionLanguageBackbone, classes) -> torch.Tensor:
+    """(C, D) normalised embeddings of each class's first template, through the text
+    encoder as it is now (frozen, or as a method has tuned it)."""
+    texts = [classes.templates[0].format(name) for name in classes.classnames]
+    return F.normalize(FixedPrompts(backbone, texts).encode(backbone), dim=-1)

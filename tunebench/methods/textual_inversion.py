@@ -15,7 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunebench.methods.base import MethodAdapter, MethodConfig, hyperparameter
-from tunebench.methods.prompts import PLACEHOLDER, SlotPrompts, word_embedding
+from tunebench.methods.prompts import (
+    PLACEHOLDER,
+    SlotPrompts,
+    single_prompt_embeddings,
+    word_embedding,
+)
 from tunebench.registry import METHODS
 
 
@@ -40,3 +45,8 @@ class TextualInversion(MethodAdapter):
 
     def class_embeddings(self) -> torch.Tensor:
         return F.normalize(self.prompts.encode(self.backbone, self.tokens.unsqueeze(1)), dim=-1)
+
+    def new_class_scorer(self, classes):
+        """Pseudo-words are learned per class, so a new class falls back to its own name in
+        the same prompt ("a photo of a <name>.") through the frozen text encoder."""
+        return self.score_with(single_prompt_embeddings(self.backbone, classes))

@@ -34,5 +34,9 @@ class ZeroShot(MethodAdapter):
     def class_embeddings(self) -> torch.Tensor:
         return self.weights
 
+    def new_class_scorer(self, classes):
+        """As for any class: the new names' prompt ensemble through the frozen text encoder."""
+        return self.score_with(prompt_ensemble_embeddings(self.backbone, classes))
+
     def artifact(self) -> dict[str, torch.Tensor]:
         return {"weights": self.weights.cpu().contiguous()}

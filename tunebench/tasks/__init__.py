@@ -1,3 +1,3 @@
 """Tasks: each module registers itself in ``tunebench.registry.TASKS``."""
 
-from tunebench.tasks import align, classification, detection, generation  # noqa: F401
+from tunebench.tasks import align, base2new, classification, detection, generation  # noqa: F401

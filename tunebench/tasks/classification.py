@@ -3,33 +3,69 @@
 Frozen image towers are served from the shared feature cache; a method that trains
 image-tower parameters gets pixels instead and is evaluated by re-encoding the test
 split with its tuned tower. Feature computation is timed apart from training.
+
+``FewShotClassification`` is also the frame of base-to-new generalisation
+(``tasks/base2new.py``): a subclass says which classes train (``training_classes``)
+and how the test split is scored (``score``); building, training, timing and feature
+caching stay here, written once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 
 from tunebench.bench.config import RunConfig, method_config
 from tunebench.bench.features import FeatureCache, encode_images
 from tunebench.bench.measure import Stopwatch
 from tunebench.bench.training import autocast_for, train_classifier
-from tunebench.datasets import check_shots, fewshot_indices, load_dataset, test_indices
-from tunebench.methods.base import ClassPrompts, resolve_method
+from tunebench.datasets import ClassificationDataset, fewshot_indices, load_dataset, test_indices
+from tunebench.datasets.fewshot import check_shots
+from tunebench.errors import ConfigError
+from tunebench.methods.base import ClassPrompts, MethodAdapter, Scorer, resolve_method
 from tunebench.registry import TASKS
 from tunebench.tasks.base import TaskContext, TaskResult, refuse_detectors
+
+
+@dataclass(frozen=True)
+class TrainingClasses:
+    """The classes a method is built for and trains on."""
+
+    pool: ClassificationDataset  # its K shots per class are drawn from pool.train
+    positions: np.ndarray | None = None  # pool.train index -> dataset.train index (None: the same)
+
+    @property
+    def prompts(self) -> ClassPrompts:
+        return ClassPrompts(tuple(self.pool.classnames), tuple(self.pool.templates))
 
 
 @TASKS.register("fewshot-cls")
 class FewShotClassification:
     summary = "few-shot image classification, K shots per class (CoOp protocol); metric: top-1"
 
+    def training_classes(self, dataset: ClassificationDataset) -> TrainingClasses:
+        return TrainingClasses(dataset)
+
+    def score(self, adapter: MethodAdapter, features: torch.Tensor, labels: torch.Tensor,
+              dataset: ClassificationDataset, config: RunConfig, device: torch.device) -> dict:
+        """Metrics over the test images (features in the order of ``labels``)."""
+        correct = count_correct(adapter, adapter.scorer, features, labels, config, device)
+        return {"top1": correct / len(labels), "num_classes": dataset.num_classes, "test_images": len(labels)}
+
     def validate(self, config: RunConfig) -> None:
         refuse_detectors(config)
         dataset = load_dataset(config.dataset)  # unknown dataset or missing data fails here, early
-        method_cls = resolve_method(config.method, config.task)[0]
+        if not isinstance(dataset, ClassificationDataset):
+            raise ConfigError(f"{config.task} needs a classification dataset (e.g. fashion-mnist, "
+                              f"imagefolder:PATH); {config.dataset!r} is not one")
+        method_cls, _ = resolve_method(config.method, config.task)
         method_config(method_cls, config.method_config, f"method_config.{config.method}")
-        if method_cls.trains:  # K larger than a class's pool stops the sweep, not its Nth cell
-            check_shots(dataset, config.shots)
+        classes = self.training_classes(dataset)
+        if method_cls.trains:
+            check_shots(classes.pool, config.shots)  # K over a class's images: one line, before any cell
 
     def run(self, config: RunConfig, context: TaskContext) -> TaskResult:
         dataset = load_dataset(config.dataset)
@@ -37,17 +73,18 @@ class FewShotClassification:
         settings = method_config(method_cls, config.method_config, f"method_config.{config.method}")
         train_cfg, device, backbone = config.train, context.device, context.backbone
         train_watch, eval_watch = Stopwatch(device), Stopwatch(device)
-        classes = ClassPrompts(tuple(dataset.classnames), tuple(dataset.templates))
+        classes = self.training_classes(dataset)
 
         with train_watch.measure():  # building the adapter (e.g. ConES's text pass) is tuning cost
-            adapter = method_cls(backbone, classes, settings).to(device)
+            adapter = method_cls(backbone, classes.prompts, settings).to(device)
         pixels = backbone.image_tower_trains()
         cache_seconds_before = context.features.seconds_computing
 
         outcome = None
         if method_cls.trains:
-            train_idx = fewshot_indices(dataset, config.shots, config.seed)
-            labels = torch.from_numpy(dataset.train.labels[train_idx])
+            drawn = fewshot_indices(classes.pool, config.shots, config.seed)
+            labels = torch.from_numpy(classes.pool.train.labels[drawn])
+            train_idx = drawn if classes.positions is None else classes.positions[drawn]
             if pixels:
                 inputs = backbone.preprocess(dataset.train.load(train_idx), train_cfg.image_size)
             else:
@@ -69,14 +106,12 @@ class FewShotClassification:
         else:
             test_features = _cached(context.features, backbone, dataset, "test", test_idx, config, device)
         with eval_watch.measure():
-            correct = _count_correct(adapter, test_features, test_labels, config, device)
+            metrics = self.score(adapter, test_features, test_labels, dataset, config, device)
 
         return TaskResult(
             adapter=adapter,
             metrics={
-                "top1": correct / len(test_labels),
-                "num_classes": dataset.num_classes,
-                "test_images": len(test_labels),
+                **metrics,
                 "train_images": 0 if outcome is None else int(len(labels)),
                 "final_train_loss": None if outcome is None else round(outcome.final_loss, 5),
             },
@@ -98,13 +133,19 @@ def _cached(cache: FeatureCache, backbone, dataset, split, indices, config: RunC
 
 
 @torch.no_grad()
-def _count_correct(adapter, features, labels, config: RunConfig, device) -> int:
+def count_correct(adapter: MethodAdapter, make_scorer: Callable[[], Scorer | None], features: torch.Tensor,
+                  labels: torch.Tensor, config: RunConfig, device: torch.device) -> int | None:
+    """Top-1 hits of the scorer ``make_scorer()`` returns over the test features; None
+    when it returns none. The scorer is made once, so a text side that does not depend
+    on the image is encoded once."""
     adapter.eval()
     with autocast_for(device, config.train.precision):
-        classes = adapter.class_embeddings()  # once: the text side does not depend on the image
+        score = make_scorer()
+        if score is None:
+            return None
         correct = 0
         for start in range(0, len(labels), config.train.eval_batch_size):
             batch = features[start : start + config.train.eval_batch_size].to(device)
-            logits = adapter.head(adapter.embed_images(batch), classes)
+            logits = score(adapter.embed_images(batch))
             correct += int((logits.argmax(-1).cpu() == labels[start : start + len(batch)]).sum())
     return correct

@@ -77,6 +77,10 @@ class Detect:
             raise ConfigError(f"method {config.method!r} has its own classifier head, not class embeddings, "
                               "so it cannot score detector regions; use zero-shot, cones, coop, "
                               "textual-inversion, lit or full-ft")
+        if method_cls.per_image_prompts:
+            raise ConfigError(f"method {config.method!r} encodes its class prompts anew for each whole image, "
+                              "so it has no class embeddings to score detector regions with; use zero-shot, "
+                              "cones, coop, textual-inversion, lit or full-ft")
         if not is_detection_backbone(config.backbone):
             raise ConfigError(f"backbone {config.backbone!r} has no detector: use mini-det, or det:NAME "
                               f"for a detector on backbone NAME")
