@@ -10,6 +10,8 @@ ALIGN_SCALING_SWEEPS ?= bench-align-data.yaml bench-align-lite2.yaml
 DETECT_SWEEPS ?= bench-detect.yaml bench-detect-textile.yaml
 GEN_SWEEPS ?= bench-gen.yaml bench-gen-cost.yaml
 B2N_SWEEPS ?= bench-b2n.yaml
+# The GPU recipe on a real CLIP (CLIP=folder DATA=CoOp's DATA root): results of their own.
+VITB16_RESULTS ?= results-vitb16
 RESULTS ?= results
 STAMP := $(VENV)/.tunebench-installed
 # $(call run_sweeps,SWEEP FILES): run each sweep (stop at the first that fails), then
@@ -17,12 +19,14 @@ STAMP := $(VENV)/.tunebench-installed
 run_sweeps = for sweep in $(1); do $(PY) -m tunebench bench $$sweep --results $(RESULTS) --no-report || exit 1; done; \
 	$(PY) -m tunebench report --results $(RESULTS)
 
-.PHONY: setup bench bench-b2n bench-align bench-align-scaling bench-detect bench-gen test report lint build clean-cache help
+.PHONY: setup bench bench-b2n bench-coop-vitb16 bench-coop-vitb16-b2n bench-align bench-align-scaling bench-detect bench-gen test report lint build clean-cache help
 
 help:
 	@echo "make setup   create $(VENV) and install tunebench, its data and model packages"
 	@echo "make bench   setup + build mini-clip if needed + run $(SWEEP) + write the report"
 	@echo "make bench-b2n    setup + build mini-clip if needed + run base-to-new generalisation ($(B2N_SWEEPS)) + write the report"
+	@echo "make bench-coop-vitb16 CLIP=DIR DATA=DIR  few-shot on CoOp's 11 datasets with a Hugging Face CLIP (GPU) into $(VITB16_RESULTS)"
+	@echo "make bench-coop-vitb16-b2n CLIP=DIR DATA=DIR  base-to-new on the same (GPU) into $(VITB16_RESULTS)"
 	@echo "make bench-align  setup + run the alignment track, every preset ($(ALIGN_SWEEPS)) + write the report"
 	@echo "make bench-align-scaling  its data- and model-size axes ($(ALIGN_SCALING_SWEEPS)) + write the report"
 	@echo "make bench-detect setup + build mini-det if needed + run $(DETECT_SWEEPS) + write the report"
@@ -57,6 +61,14 @@ bench: build
 # Base-to-new generalisation (CoCoOp's protocol) on mini-clip, every classification method.
 bench-b2n: build
 	$(call run_sweeps,$(B2N_SWEEPS))
+
+# The field's protocols on a user's real CLIP folder and CoOp DATA/ root (GPU-sized; the
+# sweep stops in one line when CLIP or DATA is not set).
+bench-coop-vitb16: setup
+	CLIP="$(CLIP)" DATA="$(DATA)" $(PY) -m tunebench bench bench-coop-vitb16.yaml --results $(VITB16_RESULTS)
+
+bench-coop-vitb16-b2n: setup
+	CLIP="$(CLIP)" DATA="$(DATA)" $(PY) -m tunebench bench bench-coop-vitb16-b2n.yaml --results $(VITB16_RESULTS)
 
 # The align track starts from unaligned towers, so it needs no mini-clip build.
 bench-align: setup
