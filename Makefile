@@ -15,9 +15,10 @@ VITB16_RESULTS ?= results-vitb16
 RESULTS ?= results
 STAMP := $(VENV)/.tunebench-installed
 # $(call run_sweeps,SWEEP FILES): run each sweep (stop at the first that fails), then
-# write the report once.
-run_sweeps = for sweep in $(1); do $(PY) -m tunebench bench $$sweep --results $(RESULTS) --no-report || exit 1; done; \
-	$(PY) -m tunebench report --results $(RESULTS)
+# write the report once; run_sweeps_into names the results folder.
+run_sweeps = $(call run_sweeps_into,$(1),$(RESULTS))
+run_sweeps_into = for sweep in $(1); do $(PY) -m tunebench bench $$sweep --results $(2) --no-report || exit 1; done; \
+	$(PY) -m tunebench report --results $(2)
 
 .PHONY: setup bench bench-b2n bench-coop-vitb16 bench-coop-vitb16-b2n bench-align bench-align-scaling bench-detect bench-gen test report lint build clean-cache help
 
@@ -64,11 +65,14 @@ bench-b2n: build
 
 # The field's protocols on a user's real CLIP folder and CoOp DATA/ root (GPU-sized; the
 # sweep stops in one line when CLIP or DATA is not set).
+# cocoop has a file of its own in each (batch 1, as in its paper).
 bench-coop-vitb16: setup
-	CLIP="$(CLIP)" DATA="$(DATA)" $(PY) -m tunebench bench bench-coop-vitb16.yaml --results $(VITB16_RESULTS)
+	export CLIP="$(CLIP)" DATA="$(DATA)"; \
+	$(call run_sweeps_into,bench-coop-vitb16.yaml bench-coop-vitb16-cocoop.yaml,$(VITB16_RESULTS))
 
 bench-coop-vitb16-b2n: setup
-	CLIP="$(CLIP)" DATA="$(DATA)" $(PY) -m tunebench bench bench-coop-vitb16-b2n.yaml --results $(VITB16_RESULTS)
+	export CLIP="$(CLIP)" DATA="$(DATA)"; \
+	$(call run_sweeps_into,bench-coop-vitb16-b2n.yaml bench-coop-vitb16-b2n-cocoop.yaml,$(VITB16_RESULTS))
 
 # The align track starts from unaligned towers, so it needs no mini-clip build.
 bench-align: setup

@@ -16,6 +16,7 @@ torch.set_num_threads(2)
 def isolated_cache(tmp_path_factory, monkeypatch):
     """Tests never read or write the user's cache (splits, features, built models)."""
     monkeypatch.setenv("TUNEBENCH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("TUNEBENCH_STAGING_DIR", str(tmp_path_factory.getbasetemp() / "staging"))
 
 
 @pytest.fixture(scope="session")

@@ -80,7 +80,10 @@ def test_harmonic_mean():
 
 
 # ---- what each method does on classes it never trained on --------------------------------
-NEW = ClassPrompts(("triangle", "cross"), ("a photo of a {}.", "a drawing of a {}."))
+# Three new classes against two base ones, so that scoring the base classes instead
+# cannot pass the shape check.
+NEW = ClassPrompts(("triangle", "cross", "star"), ("a photo of a {}.", "a drawing of a {}."))
+RENAMED = ClassPrompts(("triangle", "cross", "hexagon"), NEW.templates)
 
 
 def _perturb(tensors) -> None:
@@ -122,6 +125,10 @@ def test_new_class_scorer(name, tiny_backbone, tiny_classes):
         assert logits.shape == (5, len(NEW.classnames))
         if expected is not None:
             assert torch.allclose(logits, adapter.logit_scale() * images @ expected.T, atol=1e-5)
+        # The names are what is scored: renaming the last new class moves its column only.
+        renamed = adapter.new_class_scorer(RENAMED)(images)
+        assert torch.allclose(renamed[:, :2], logits[:, :2], atol=1e-5)
+        assert not torch.allclose(renamed[:, 2], logits[:, 2], atol=1e-4)
         if tuned is not None:
             _perturb(tuned)
             assert not torch.allclose(adapter.new_class_scorer(NEW)(images), logits, atol=1e-4)

@@ -244,6 +244,26 @@ def test_disk_full_mid_sweep_stops_with_one_line_and_resumes(tmp_path, capsys, m
     assert {f"artifacts/{p.name}" for p in (results / "artifacts").iterdir()} == named
 
 
+def test_full_cache_disk_stops_the_sweep_with_one_line(tmp_path, capsys, monkeypatch):
+    """The feature cache fills its disk: one line that stops, not a failed cell per cell."""
+    sweep = write_sweep(tmp_path / "sweep.yaml", methods=["cones", "linear-probe"])
+    results, cache = tmp_path / "results", tmp_path / "cache"
+    monkeypatch.setenv("TUNEBENCH_CACHE_DIR", str(cache))
+    real_fsync = os.fsync
+
+    def cache_disk_full(fd: int) -> None:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if target.startswith(str(cache / "features")) and target.endswith(".tmp"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", cache_disk_full)
+    assert main(["bench", str(sweep), "--results", str(results)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"tunebench: error: disk full while writing {cache / 'features'}{os.sep}")
+    assert not stored(results) and not temporaries(results)
+
+
 # A real full disk: a 12 KiB tmpfs mounted on the results folder in a private user and
 # mount namespace (no root needed), then grown to 4 MiB for the rerun. Prints "skip"
 # where such namespaces are not allowed (e.g. some containers).
@@ -377,21 +397,32 @@ def test_no_orphan_is_removed_while_a_record_cannot_be_read(tmp_path):
 def test_ray_staging_folder_of_a_dead_worker_is_removed_and_a_live_one_kept(tmp_path, monkeypatch):
     from tunebench.bench.executors import remove_stale_staging, staging_folder, staging_root
 
-    monkeypatch.setenv("TUNEBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TUNEBENCH_STAGING_DIR", str(tmp_path / "staging"))
     with staging_folder() as live:
         (live / "artifacts").mkdir()
-        dead = staging_root() / "cell-dead"  # what a SIGKILLed worker leaves: an unlocked folder
+        # What a SIGKILLed worker leaves: its folder and a lock file nobody holds.
+        dead = staging_root() / "cell-dead"
         dead.mkdir()
         (dead / "artifact.safetensors").write_bytes(b"x")
+        dead.with_name("cell-dead.lock").touch()
         assert remove_stale_staging(staging_root()) == [dead]
-        assert live.is_dir() and not dead.exists()
-        held = os.open(live, os.O_RDONLY)  # a second process's view: the folder is locked
+        assert live.is_dir() and not dead.exists() and not dead.with_name("cell-dead.lock").exists()
+        held = os.open(live.with_name(live.name + ".lock"), os.O_RDWR)  # a second process's view
         try:
             with pytest.raises(BlockingIOError):
                 fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         finally:
             os.close(held)
     assert not live.exists() and not list(staging_root().iterdir())
+
+
+def test_ray_staging_is_node_local_not_in_the_cache(tmp_path, monkeypatch):
+    from tunebench.bench.executors import STAGING_ENV, staging_root
+
+    monkeypatch.delenv(STAGING_ENV, raising=False)
+    monkeypatch.setenv("TUNEBENCH_CACHE_DIR", str(tmp_path / "nfs-cache"))
+    root = staging_root()
+    assert root.parent == Path(tempfile.gettempdir()) and root.name.startswith("tunebench-ray-staging-")
 
 
 # ------------------------------------------------------ item 8: file modes, repeated cells

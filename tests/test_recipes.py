@@ -17,19 +17,28 @@ COOP_DATASETS = {"imagenet", "caltech-101", "oxford_pets", "stanford_cars", "oxf
                  "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101"}
 
 
-@pytest.mark.parametrize(("name", "task", "shots"), [
-    ("bench-coop-vitb16.yaml", "fewshot-cls", [1, 2, 4, 8, 16]),
-    ("bench-coop-vitb16-b2n.yaml", "base2new", [16]),
+@pytest.mark.parametrize(("prefix", "task", "shots"), [
+    ("bench-coop-vitb16", "fewshot-cls", [1, 2, 4, 8, 16]),
+    ("bench-coop-vitb16-b2n", "base2new", [16]),
 ])
-def test_recipe_reads_its_paths_from_the_environment(name, task, shots, monkeypatch):
+def test_recipe_reads_its_paths_from_the_environment(prefix, task, shots, monkeypatch):
     load_all()
     monkeypatch.setenv("CLIP", "/models/clip-vit-base-patch16")
     monkeypatch.setenv("DATA", "/data/DATA")
-    sweep = load_sweep(ROOT / name)
-    assert sweep.task == task and sweep.shots == shots and sweep.seeds == [1, 2, 3]
-    assert sweep.backbone == "hf-clip:/models/clip-vit-base-patch16"
-    assert {d.removeprefix("coop:/data/DATA/") for d in sweep.datasets} == COOP_DATASETS
-    assert set(sweep.methods) == set(METHODS.names())  # every classification method
+    main_part, cocoop_part = load_sweep(ROOT / f"{prefix}.yaml"), load_sweep(ROOT / f"{prefix}-cocoop.yaml")
+    for sweep in (main_part, cocoop_part):
+        assert sweep.task == task and sweep.shots == shots and sweep.seeds == [1, 2, 3]
+        assert sweep.backbone == "hf-clip:/models/clip-vit-base-patch16"
+        assert {d.removeprefix("coop:/data/DATA/") for d in sweep.datasets} == COOP_DATASETS
+    assert set(main_part.methods) | set(cocoop_part.methods) == set(METHODS.names())  # every method
+    assert cocoop_part.methods == ["cocoop"]
+    # cocoop differs in batch size only: it sees as many training images, warm-up share alike.
+    main_train, cocoop_train = main_part.train, cocoop_part.train
+    assert cocoop_train["batch_size"] == 1
+    assert cocoop_train["steps"] == main_train["steps"] * main_train["batch_size"]
+    assert cocoop_train["warmup_steps"] / cocoop_train["steps"] == main_train["warmup_steps"] / main_train["steps"]
+    same = {k: v for k, v in main_train.items() if k not in ("steps", "batch_size", "warmup_steps")}
+    assert same == {k: cocoop_train[k] for k in same}
 
 
 def test_unset_variable_is_one_line_before_anything_runs(monkeypatch, tmp_path, capsys):

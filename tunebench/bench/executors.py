@@ -7,7 +7,7 @@ division of work keeps the run store the single source of the report:
 - a worker runs the cell with the ordinary ``Runner`` and *returns* its record and its
   artifact bytes; it writes nothing under the results folder, so workers need no shared
   filesystem with the driver, and a worker killed mid-cell leaves nothing behind there.
-  It stages the cell's files in ``CACHE/ray-staging/cell-*``, removed when the cell
+  It stages the cell's files in ``TMP/tunebench-ray-staging-UID/cell-*``, removed when the cell
   ends; a killed worker's folder is removed by the next cell on its node, and by the
   driver after the sweep on the driver's node;
 - the driver writes each artifact, then its record, atomically (``RunStore.write``),
@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -121,55 +122,84 @@ def _worker_runner():
     return _WORKER_RUNNERS[key]
 
 
-def staging_root() -> Path:
-    """Where this node's workers stage cell files: in the cache folder, which a test or
-    a user already points at local disk, rather than the system temp folder."""
-    from tunebench.paths import tunebench_cache_dir
+# Tests point this at a folder of their own; workers inherit it from the driver.
+STAGING_ENV = "TUNEBENCH_STAGING_DIR"
 
-    return tunebench_cache_dir() / "ray-staging"
+
+def staging_root() -> Path:
+    """Where this node's workers stage cell files: node-local temp space, one folder per
+    user. Not the cache folder: that may be on NFS, where ``flock`` (which tells a live
+    cell's folder from a dead one's) may not hold."""
+    base = os.environ.get(STAGING_ENV) or tempfile.gettempdir()
+    return Path(base) / f"tunebench-ray-staging-{os.getuid()}"
 
 
 @contextmanager
 def staging_folder() -> Iterator[Path]:
     """A private folder for one cell's files, removed when the cell ends.
 
-    The folder stays ``flock``ed while the cell runs; the kernel drops that lock when the
-    worker dies, which is how remove_stale_staging tells a dead worker's folder from a
-    live one on this node. It is locked before it gets the ``cell-`` name the cleaner
-    looks for, so the cleaner never sees a live folder unlocked."""
+    Beside it, ``<folder>.lock`` stays ``flock``ed while the cell runs; the kernel drops
+    that lock when the worker dies, which is how remove_stale_staging tells a dead
+    worker's folder from a live one. The lock exists, held, before the folder does."""
     root = staging_root()
-    root.mkdir(exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(root)
-    new = Path(tempfile.mkdtemp(prefix=".new-", dir=root))
-    handle = os.open(new, os.O_RDONLY)
+    handle, lock = _held_lock(root)
+    folder = lock.with_suffix("")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        folder = root / f"cell-{new.name.removeprefix('.new-')}"
-        new.rename(folder)
+        folder.mkdir()
         try:
             yield folder
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+            lock.unlink(missing_ok=True)
     finally:
         os.close(handle)
 
 
-def remove_stale_staging(root: Path) -> list[Path]:
-    """Delete staging folders whose worker died mid-cell (their lock is free)."""
-    removed = []
-    for folder in root.glob("cell-*"):
+def _held_lock(root: Path) -> tuple[int, Path]:
+    """A new ``cell-*.lock`` in ``root``, locked by us. A cleaner may take a lock file in
+    the instant between its creation and our flock and delete it: then we start again."""
+    while True:
+        lock = root / f"cell-{secrets.token_hex(6)}.lock"
         try:
-            handle = os.open(folder, os.O_RDONLY)
+            handle = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        if _same_file(handle, lock):
+            return handle, lock
+        os.close(handle)
+
+
+def _same_file(handle: int, path: Path) -> bool:
+    try:
+        return os.fstat(handle).st_ino == path.stat().st_ino
+    except FileNotFoundError:
+        return False
+
+
+def remove_stale_staging(root: Path) -> list[Path]:
+    """Delete staging folders whose worker died mid-cell (their lock is free), with their
+    lock files; a lock that cannot be tested is left alone."""
+    removed = []
+    for lock in sorted(root.glob("cell-*.lock")):
+        try:
+            handle = os.open(lock, os.O_RDWR)
         except OSError:
             continue  # removed by its owner meanwhile
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            continue  # a live cell's
+            if not _same_file(handle, lock):
+                continue  # another cleaner got there first
+            folder = lock.with_suffix("")
+            shutil.rmtree(folder, ignore_errors=True)
+            lock.unlink(missing_ok=True)
+            removed.append(folder)
+        except OSError:
+            continue  # a live cell's (BlockingIOError), or a lock we cannot test
         finally:
             os.close(handle)
-        shutil.rmtree(folder, ignore_errors=True)
-        removed.append(folder)
     return removed
 
 

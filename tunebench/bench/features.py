@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from tunebench.bench.progress import progress
-from tunebench.bench.store import atomic_output
+from tunebench.bench.store import atomic_write_bytes
 from tunebench.datasets.base import ImageSource
 from tunebench.models.base import VisionLanguageBackbone
 
@@ -83,7 +83,7 @@ class FeatureCache:
         batch_size: int = 256,
     ) -> torch.Tensor:
         """Trunk features (len(indices), F) in the order of ``indices``."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         path = self.file_for(backbone, source, dataset, split, image_size)
         indices = np.asarray(indices, dtype=np.int64)
@@ -100,8 +100,7 @@ class FeatureCache:
                 features = new if features is None else torch.cat([features, new])
                 order = np.argsort(have)
                 have, features = have[order], features[torch.from_numpy(order)]
-                with atomic_output(path) as tmp:
-                    save_file({"indices": torch.from_numpy(have), "features": features.contiguous()}, tmp)
+                atomic_write_bytes(path, save({"indices": torch.from_numpy(have), "features": features.contiguous()}))
         rows = np.searchsorted(have, indices)
         if not np.array_equal(have[np.minimum(rows, len(have) - 1)], indices):
             raise RuntimeError(f"feature cache {path} lacks requested rows; delete it and rerun")

@@ -20,7 +20,7 @@ from tunebench.bench.config import RunConfig
 from tunebench.bench.features import FeatureCache
 from tunebench.bench.measure import PeakMemory, environment, release_free_memory
 from tunebench.bench.progress import progress
-from tunebench.bench.store import SCHEMA_VERSION, RunStore, atomic_output
+from tunebench.bench.store import SCHEMA_VERSION, RunStore, atomic_output, atomic_write_bytes
 from tunebench.bench.training import resolve_device, seed_everything
 from tunebench.datasets import dataset_label
 from tunebench.errors import ConfigError, DataError, StorageError, TunebenchError
@@ -176,9 +176,7 @@ class Runner:
 
         tensors = adapter.artifact()
         path = self.store.artifacts_dir / f"{key}.safetensors"
-        data = save(tensors)  # written by Python, so a full disk raises OSError (ENOSPC)
-        with atomic_output(path) as tmp:
-            Path(tmp).write_bytes(data)
+        atomic_write_bytes(path, save(tensors))  # see atomic_write_bytes: a full disk stops the sweep
         return {"path": str(path.relative_to(self.store.results_dir)), "bytes": path.stat().st_size,
                 "tensors": len(tensors)}
 

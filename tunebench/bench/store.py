@@ -72,6 +72,16 @@ def atomic_output(path: Path) -> Iterator[str]:
         raise storage_error(path, exc) from exc
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """``data`` to ``path`` atomically. Serialise first and write here: a library writer
+    (safetensors' save_file, torch.save) reports a full disk as its own exception type,
+    which would reach the runner as a failed cell instead of one line that stops."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     with atomic_output(path) as tmp, open(tmp, "w") as handle:
         handle.write(text)

@@ -18,6 +18,7 @@ the images missing, under a file lock, and replaces the file atomically.
 from __future__ import annotations
 
 import hashlib
+import io
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from torchvision.ops import box_iou
 
 from tunebench.bench.features import locked, remove_stale_temporaries, safe_name
 from tunebench.bench.progress import progress
-from tunebench.bench.store import atomic_output
+from tunebench.bench.store import atomic_write_bytes
 from tunebench.models.detector import to_image_list
 
 KINDS = ("train", "test")
@@ -106,8 +107,9 @@ class RegionCache:
                 stored.update(compute_regions(backbone, dataset.split(split_name), missing, kind, device=device,
                                               batch_size=batch_size, desc=f"regions {dataset.name}/{split_name}"))
                 self.seconds_computing += time.perf_counter() - started
-                with atomic_output(path) as tmp:
-                    torch.save(stored, tmp)
+                buffer = io.BytesIO()
+                torch.save(stored, buffer)
+                atomic_write_bytes(path, buffer.getvalue())
         return {p: stored[p] for p in positions}
 
     @staticmethod
