@@ -137,7 +137,13 @@ def test_trainable_sets_on_the_detector(name, tiny_detector, tiny_det):
     adapter = cls(tiny_detector, ClassPrompts(tiny_det.classnames, tiny_det.templates),
                   method_config(cls, variant, name))
     names = [n for n, _ in adapter.trainable_named_parameters()]
-    assert all(n.startswith(EXPECTED[name]) for n in names) if EXPECTED[name] else not names
+    if EXPECTED[name]:
+        # Non-empty first: all() over no names is True, so a method that froze what it
+        # should train (CoOp's context, say) would otherwise pass.
+        assert names, f"{name} trains nothing"
+        assert all(n.startswith(EXPECTED[name]) for n in names)
+    else:
+        assert not names
     assert adapter.trainable_count() == sum(p.numel() for _, p in adapter.trainable_named_parameters())
     detector = {n for n, _ in tiny_detector.detector.named_parameters()}
     if name == "lit:heads":
@@ -199,17 +205,42 @@ def _config(method: str, shots: int = 2, **train) -> RunConfig:
                                   "picture_min_score": 0.3})
 
 
+def assert_ap_values(metrics: dict, dataset, scored: set[int]) -> None:
+    """Every AP a number in [0, 1] where the scored images hold an object of the subset,
+    and None exactly where they hold none (COCO's AP is undefined there, not zero)."""
+    subsets = {"novel": dataset.novel_labels, "base": dataset.base_labels, "all": range(dataset.num_classes)}
+    for subset, labels in subsets.items():
+        present = bool(set(labels) & scored)
+        for key in (f"{subset}_{kind}_{name}" for kind in ("bbox", "segm") for name in ("ap", "ap50", "ap75")):
+            value = metrics[key]
+            if present:
+                assert isinstance(value, float) and 0.0 <= value <= 1.0, (key, value)
+            else:
+                assert value is None, (key, value)
+
+
+def test_ap_is_none_only_for_a_subset_without_objects(tiny_det):
+    test = tiny_det.split("test")
+    without_novel = [p for p in range(len(test)) if not set(tiny_det.novel_labels) & test.labels_in(p)]
+    scored = set().union(*(test.labels_in(p) for p in without_novel))
+    assert set(tiny_det.base_labels) & scored and not set(tiny_det.novel_labels) & scored
+    metrics = coco_metrics(test, tiny_det, [], [test.image_id(p) for p in without_novel])
+    assert_ap_values(metrics, tiny_det, scored)
+    assert metrics["novel_bbox_ap"] is None and metrics["base_bbox_ap"] == 0.0  # no detections: AP 0
+
+
 @pytest.mark.parametrize("method", ["zero-shot", "cones", "coop", "textual-inversion", "lit:heads", "full-ft"])
-def test_end_to_end_detect_run_stores_metrics_and_pictures(method, tmp_path):
+def test_end_to_end_detect_run_stores_metrics_and_pictures(method, tmp_path, tiny_det):
     from tunebench.bench.runner import Runner
 
     config = _config(method)
     record = Runner(tmp_path).run(config)
     assert record["status"] == "ok", record.get("traceback")
     metrics = record["metrics"]
-    for key in ("novel_bbox_ap", "novel_segm_ap", "base_bbox_ap", "all_bbox_ap50"):
-        assert key in metrics and (metrics[key] is None or 0.0 <= metrics[key] <= 1.0)
     assert metrics["test_images"] == 6
+    scored = set().union(*(tiny_det.split("test").labels_in(p) for p in range(6)))
+    assert set(tiny_det.novel_labels) & scored and set(tiny_det.base_labels) & scored  # both are scored
+    assert_ap_values(metrics, tiny_det, scored)
     picture = tmp_path / record["pictures"]["predictions"]
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     cached = method in ("zero-shot", "cones", "coop", "textual-inversion")
