@@ -85,7 +85,7 @@ def _run(args) -> None:
     from tunebench.bench.lock import claim_results
     from tunebench.bench.runner import Runner, backbone_version, validate_cells
     from tunebench.bench.training import resolve_device
-    from tunebench.methods.base import resolve_method
+    from tunebench.methods.base import merge_variant
     from tunebench.registry import TASKS, load_all
 
     load_all()
@@ -103,10 +103,8 @@ def _run(args) -> None:
             task_settings[name] = _parse_value(value)
         else:
             raise ConfigError(f"--set key must start with train., method. or task., got {key!r}")
-    method_cls, variant = resolve_method(args.method, args.task)
-    method_settings = dataclasses.asdict(
-        method_config(method_cls, {**method_settings, **variant}, f"method.{args.method}")
-    )
+    method_cls, method_settings = merge_variant(args.method, args.task, method_settings)
+    method_settings = dataclasses.asdict(method_config(method_cls, method_settings, f"method.{args.method}"))
     shots, seed = _shots_and_seed(args, trains=method_cls.trains)
     config = RunConfig(
         task=args.task, dataset=args.dataset, method=args.method, backbone=args.backbone,

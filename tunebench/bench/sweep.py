@@ -45,7 +45,7 @@ from tunebench.bench.config import (
 )
 from tunebench.bench.runner import backbone_version
 from tunebench.errors import ConfigError
-from tunebench.methods.base import resolve_method
+from tunebench.methods.base import merge_variant
 from tunebench.registry import TASKS
 
 
@@ -155,13 +155,9 @@ def expand(sweep: SweepConfig) -> list[RunConfig]:
 def resolved_method_settings(sweep: SweepConfig, method: str) -> tuple[type, dict]:
     """The method's class and every setting, defaults included (so that changing a
     default makes new cells instead of silently reusing old ones)."""
-    method_cls, variant = resolve_method(method, sweep.task)
     base = method.partition(":")[0]
     values = dict(sweep.method_config.get(base) or {})
     if method != base:
         values.update(sweep.method_config.get(method) or {})
-    for key, value in variant.items():
-        if key in values and values[key] != value:
-            raise ConfigError(f"method {method!r} sets {key}={value!r} but method_config gives {values[key]!r}")
-    values.update(variant)
+    method_cls, values = merge_variant(method, sweep.task, values)
     return method_cls, dataclasses.asdict(method_config(method_cls, values, f"method_config.{method}"))

@@ -20,6 +20,27 @@ class NonFiniteLoss(TunebenchError):
     """Training diverged; the run is recorded as failed with this message."""
 
 
+class NonFiniteLogits(TunebenchError):
+    """Evaluation scored with NaN or infinite logits; the run is recorded as failed."""
+
+
+def check_finite_parameters(params, *, steps: int) -> None:
+    """After the last step: ``optimizer_step`` checks each loss before its update, so an
+    update that leaves NaN or infinite weights is seen only by the next step's loss,
+    which the last step never gets. Without this, such a run would be stored as ok."""
+    for parameter in params:
+        if not bool(torch.isfinite(parameter.detach()).all()):
+            raise NonFiniteLoss(f"trainable parameters became non-finite at step {steps - 1} (the last): "
+                                "lower this method's lr in method_config")
+
+
+def check_finite_logits(values: torch.Tensor, what: str = "logits") -> None:
+    """A NaN logit makes argmax pick an arbitrary class: fail the cell instead of scoring it."""
+    if not bool(torch.isfinite(values).all()):
+        raise NonFiniteLogits(f"evaluation produced non-finite {what}: the tuned model diverged; "
+                              "lower this method's lr in method_config")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -113,5 +134,6 @@ def train_classifier(
             logits = adapter(x, pixels=pixels)
         loss = F.cross_entropy(logits.float(), y)
         loss_value = optimizer_step(loss, optimizer, scheduler, params, grad_clip=config.grad_clip, step=step)
+    check_finite_parameters(params, steps=config.steps)
     adapter.eval()
     return TrainOutcome(steps=config.steps, images_seen=config.steps * batch, final_loss=loss_value)

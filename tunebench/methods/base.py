@@ -187,3 +187,26 @@ def resolve_method(name: str, task: str | None = None) -> tuple[type, dict]:
     if method_cls.variant_field is None:
         raise ConfigError(f"method {base!r} has no variants: write {base!r} without ':{variant}'")
     return method_cls, {method_cls.variant_field: variant}
+
+
+def merge_variant(name: str, task: str | None, values: dict | None) -> tuple[type, dict]:
+    """The method's class and ``values`` with its variant set: ``lit:bitfit`` with {} gives
+    (Lit, {"preset": "bitfit"}). The one place a variant becomes a setting, so a RunConfig
+    built in code, the CLI and a sweep run the same thing; a value that says otherwise
+    is refused rather than silently overridden."""
+    method_cls, variant = resolve_method(name, task)
+    merged = dict(values or {})
+    for key, value in variant.items():
+        if key in merged and merged[key] != value:
+            raise ConfigError(f"method {name!r} sets {key}={value!r} but method_config gives {merged[key]!r}")
+    merged.update(variant)
+    return method_cls, merged
+
+
+def text_side_trains(adapter: nn.Module) -> bool:
+    """True when the text encoder's output depends on anything that trains: a text-tower
+    weight, or a part the method adds (bottleneck adapters hook the text blocks). When
+    False, fixed prompts give the same pooled features every step."""
+    if any(p.requires_grad for p in adapter.backbone.text_tower.parameters()):
+        return True
+    return any(p.requires_grad for n, p in adapter.named_parameters() if not n.startswith("backbone."))

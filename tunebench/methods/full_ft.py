@@ -27,9 +27,16 @@ class FullFinetune(MethodAdapter):
     def __init__(self, backbone, classes, config) -> None:
         super().__init__(backbone, classes, config)
         backbone.requires_grad_(True)
-        self.prompts = FixedPrompts(backbone, [classes.templates[0].format(c) for c in classes.classnames])
+        # Tasks without classes (align) pass none: full-ft then trains both towers on
+        # caption pairs, as lit:all does, and has no class prompts to encode.
+        self.prompts = (
+            FixedPrompts(backbone, [classes.templates[0].format(c) for c in classes.classnames])
+            if classes.classnames else None
+        )
 
-    def class_embeddings(self) -> torch.Tensor:
+    def class_embeddings(self) -> torch.Tensor | None:
+        if self.prompts is None:
+            return None
         return F.normalize(self.prompts.encode(self.backbone), dim=-1)
 
     def new_class_scorer(self, classes):

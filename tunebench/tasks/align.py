@@ -22,19 +22,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tunebench.bench.config import RunConfig, build_dataclass, method_config
+from tunebench.bench.config import RunConfig, build_dataclass
 from tunebench.bench.features import encode_images
 from tunebench.bench.measure import Stopwatch
 from tunebench.bench.progress import progress
-from tunebench.bench.training import autocast_for, optimizer_step, warmup_cosine
+from tunebench.bench.training import (
+    autocast_for,
+    check_finite_parameters,
+    optimizer_step,
+    warmup_cosine,
+)
 from tunebench.datasets import load_dataset, test_indices
 from tunebench.datasets.base import ClassificationDataset
 from tunebench.datasets.pairs import PairDataset
 from tunebench.errors import ConfigError
-from tunebench.methods.base import ClassPrompts, resolve_method
+from tunebench.methods.base import ClassPrompts, text_side_trains
 from tunebench.methods.zero_shot import prompt_ensemble_embeddings
 from tunebench.registry import TASKS
-from tunebench.tasks.base import TaskContext, TaskResult, refuse_detectors
+from tunebench.tasks.base import TaskContext, TaskResult, method_and_settings, refuse_detectors
 from tunebench.tasks.contrastive import contrastive_loss, recall_at_k
 from tunebench.tasks.knowledge import KnowledgeProbe
 
@@ -71,11 +76,10 @@ class Align:
         if not isinstance(dataset, PairDataset):
             raise ConfigError(f"align needs an image-caption dataset; {config.dataset!r} is not one "
                               f"(try scenes or fashion-captions)")
-        method_cls, _ = resolve_method(config.method, config.task)
+        method_cls, _ = method_and_settings(config)
         if method_cls.trains and not getattr(method_cls, "tunes_towers", False):
             raise ConfigError(f"method {config.method!r} learns class embeddings, which align has "
                               f"none of; use lit (any preset), full-ft or zero-shot")
-        method_config(method_cls, config.method_config, f"method_config.{config.method}")
         settings = build_dataclass(AlignConfig, config.task_config, "task_config")
         for name in settings.zero_shot_datasets:
             if not isinstance(load_dataset(name), ClassificationDataset):
@@ -86,8 +90,7 @@ class Align:
     def run(self, config: RunConfig, context: TaskContext) -> TaskResult:
         dataset: PairDataset = load_dataset(config.dataset)
         settings = build_dataclass(AlignConfig, config.task_config, "task_config")
-        method_cls, _ = resolve_method(config.method, config.task)
-        method_settings = method_config(method_cls, config.method_config, f"method_config.{config.method}")
+        method_cls, method_settings = method_and_settings(config)
         backbone, device, train_cfg = context.backbone, context.device, config.train
         train_watch, eval_watch = Stopwatch(device), Stopwatch(device)
         cache_seconds_before = context.features.seconds_computing
@@ -143,14 +146,6 @@ class Align:
         )
 
 
-def _text_tower_trains(adapter) -> bool:
-    """True when the text tower's output depends on anything that trains."""
-    backbone = adapter.backbone
-    if any(p.requires_grad for p in backbone.text_tower.parameters()):
-        return True
-    return any(p.requires_grad for n, p in adapter.named_parameters() if not n.startswith("backbone."))
-
-
 def _train(adapter, images, captions, meanings, *, pixels, config: RunConfig, device) -> dict:
     backbone, train_cfg = adapter.backbone, config.train
     groups = adapter.optimizer_groups()
@@ -162,7 +157,7 @@ def _train(adapter, images, captions, meanings, *, pixels, config: RunConfig, de
     )
     # A frozen text tower gives the same pooled features every step: compute them once.
     pooled = None
-    if not _text_tower_trains(adapter):
+    if not text_side_trains(adapter):
         pooled = _pooled_captions(backbone, captions, train_cfg.eval_batch_size)
 
     generator = torch.Generator().manual_seed(config.seed)
@@ -186,6 +181,7 @@ def _train(adapter, images, captions, meanings, *, pixels, config: RunConfig, de
         loss_value = optimizer_step(loss, optimizer, scheduler, params, grad_clip=train_cfg.grad_clip, step=step)
         with torch.no_grad():
             backbone.logit_scale.clamp_(max=float(np.log(MAX_LOGIT_SCALE)))
+    check_finite_parameters(params, steps=train_cfg.steps)
     adapter.eval()
     return {"steps": train_cfg.steps, "images_seen": train_cfg.steps * batch, "loss": loss_value}
 

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tunebench.bench.config import method_config
 from tunebench.bench.features import FeatureCache
+from tunebench.methods.base import merge_variant
 from tunebench.models.base import VisionLanguageBackbone
 
 
@@ -42,3 +44,11 @@ def refuse_detectors(config) -> None:
     if is_detection_backbone(config.backbone):
         raise ConfigError(f"backbone {config.backbone!r} is a detector: it runs the detect task; "
                           f"use its CLIP (e.g. mini-clip) for {config.task}")
+
+
+def method_and_settings(config) -> tuple[type, object]:
+    """The cell's method class and its typed settings, the variant after the colon
+    included (``lit:bitfit`` trains bitfit's set even when method_config omits the
+    preset). Every task reads its method through here, never ``config.method_config`` alone."""
+    method_cls, values = merge_variant(config.method, config.task, config.method_config)
+    return method_cls, method_config(method_cls, values, f"method_config.{config.method}")

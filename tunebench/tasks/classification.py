@@ -18,16 +18,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tunebench.bench.config import RunConfig, method_config
+from tunebench.bench.config import RunConfig
 from tunebench.bench.features import FeatureCache, encode_images
 from tunebench.bench.measure import Stopwatch
-from tunebench.bench.training import autocast_for, train_classifier
+from tunebench.bench.training import autocast_for, check_finite_logits, train_classifier
 from tunebench.datasets import ClassificationDataset, fewshot_indices, load_dataset, test_indices
 from tunebench.datasets.fewshot import check_shots
 from tunebench.errors import ConfigError
-from tunebench.methods.base import ClassPrompts, MethodAdapter, Scorer, resolve_method
+from tunebench.methods.base import ClassPrompts, MethodAdapter, Scorer
 from tunebench.registry import TASKS
-from tunebench.tasks.base import TaskContext, TaskResult, refuse_detectors
+from tunebench.tasks.base import TaskContext, TaskResult, method_and_settings, refuse_detectors
 
 
 @dataclass(frozen=True)
@@ -61,16 +61,14 @@ class FewShotClassification:
         if not isinstance(dataset, ClassificationDataset):
             raise ConfigError(f"{config.task} needs a classification dataset (e.g. fashion-mnist, "
                               f"imagefolder:PATH); {config.dataset!r} is not one")
-        method_cls, _ = resolve_method(config.method, config.task)
-        method_config(method_cls, config.method_config, f"method_config.{config.method}")
+        method_cls, _ = method_and_settings(config)
         classes = self.training_classes(dataset)
         if method_cls.trains:
             check_shots(classes.pool, config.shots)  # K over a class's images: one line, before any cell
 
     def run(self, config: RunConfig, context: TaskContext) -> TaskResult:
         dataset = load_dataset(config.dataset)
-        method_cls, _ = resolve_method(config.method, config.task)
-        settings = method_config(method_cls, config.method_config, f"method_config.{config.method}")
+        method_cls, settings = method_and_settings(config)
         train_cfg, device, backbone = config.train, context.device, context.backbone
         train_watch, eval_watch = Stopwatch(device), Stopwatch(device)
         classes = self.training_classes(dataset)
@@ -147,5 +145,6 @@ def count_correct(adapter: MethodAdapter, make_scorer: Callable[[], Scorer | Non
         for start in range(0, len(labels), config.train.eval_batch_size):
             batch = features[start : start + config.train.eval_batch_size].to(device)
             logits = score(adapter.embed_images(batch))
+            check_finite_logits(logits)
             correct += int((logits.argmax(-1).cpu() == labels[start : start + len(batch)]).sum())
     return correct

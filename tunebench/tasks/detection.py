@@ -27,19 +27,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tunebench.bench.config import RunConfig, build_dataclass, method_config
+from tunebench.bench.config import RunConfig, build_dataclass
 from tunebench.bench.measure import Stopwatch
 from tunebench.bench.progress import progress
-from tunebench.bench.training import autocast_for, optimizer_step, warmup_cosine
+from tunebench.bench.training import (
+    autocast_for,
+    check_finite_logits,
+    check_finite_parameters,
+    optimizer_step,
+    warmup_cosine,
+)
 from tunebench.datasets import load_dataset
 from tunebench.datasets.detection import DetectionDataset, DetectionSplit, fewshot_images
 from tunebench.errors import ConfigError
-from tunebench.methods.base import ClassPrompts, resolve_method
+from tunebench.methods.base import ClassPrompts
 from tunebench.models.detector import to_image_list
 from tunebench.models.mini_det import is_detection_backbone
 from tunebench.paths import tunebench_cache_dir
 from tunebench.registry import TASKS
-from tunebench.tasks.base import TaskContext, TaskResult
+from tunebench.tasks.base import TaskContext, TaskResult, method_and_settings
 from tunebench.tasks.detection_draw import draw_predictions
 from tunebench.tasks.detection_eval import coco_metrics, coco_results, detections
 from tunebench.tasks.detection_regions import RegionCache, compute_regions
@@ -72,7 +78,7 @@ class Detect:
         if not isinstance(dataset, DetectionDataset):
             raise ConfigError(f"detect needs a detection dataset (det-mnist, det-textile, coco:PATH); "
                               f"{config.dataset!r} is not one")
-        method_cls, _ = resolve_method(config.method, config.task)
+        method_cls, _ = method_and_settings(config)
         if not getattr(method_cls, "uses_class_embeddings", True):
             raise ConfigError(f"method {config.method!r} has its own classifier head, not class embeddings, "
                               "so it cannot score detector regions; use zero-shot, cones, coop, "
@@ -84,7 +90,6 @@ class Detect:
         if not is_detection_backbone(config.backbone):
             raise ConfigError(f"backbone {config.backbone!r} has no detector: use mini-det, or det:NAME "
                               f"for a detector on backbone NAME")
-        method_config(method_cls, config.method_config, f"method_config.{config.method}")
         build_dataclass(DetectConfig, config.task_config, "task_config")
         dataset.split("test")
         if method_cls.trains:
@@ -94,8 +99,7 @@ class Detect:
     def run(self, config: RunConfig, context: TaskContext) -> TaskResult:
         dataset: DetectionDataset = load_dataset(config.dataset)
         settings = build_dataclass(DetectConfig, config.task_config, "task_config")
-        method_cls, _ = resolve_method(config.method, config.task)
-        method_settings = method_config(method_cls, config.method_config, f"method_config.{config.method}")
+        method_cls, method_settings = method_and_settings(config)
         backbone, device, train_cfg = context.backbone, context.device, config.train
         cache = RegionCache(tunebench_cache_dir() / "regions")
         train_watch, eval_watch = Stopwatch(device), Stopwatch(device)
@@ -132,6 +136,7 @@ class Detect:
             adapter.eval()
             with torch.no_grad(), autocast_for(device, train_cfg.precision):
                 classes = adapter.class_embeddings().float()
+            check_finite_logits(classes, "class embeddings")  # every region would score NaN
             dets = {p: detections(regions[p], classes, backbone.detector, tuple(test.load(p).shape[:2]))
                     for p in test_positions}
             metrics = coco_metrics(test, dataset, coco_results(test, dets, dataset.category_ids),
@@ -215,6 +220,7 @@ def _train_cached(adapter, regions: dict[int, dict], positions, config: RunConfi
             logits = detector.logits(torch.cat(embeddings).to(device), adapter.class_embeddings())
         loss = F.cross_entropy(logits.float(), torch.cat(labels).to(device))
         loss_value = optimizer_step(loss, optimizer, scheduler, params, grad_clip=train_cfg.grad_clip, step=step)
+    check_finite_parameters(params, steps=train_cfg.steps)
     adapter.eval()
     return {"steps": train_cfg.steps, "images_seen": train_cfg.steps * batches.batch, "loss": loss_value}
 
@@ -238,5 +244,6 @@ def _train_live(adapter, split, positions, config: RunConfig, device) -> dict:
                                               train_tower=train_tower)
         loss = sum(v.float() for v in losses.values())
         loss_value = optimizer_step(loss, optimizer, scheduler, params, grad_clip=train_cfg.grad_clip, step=step)
+    check_finite_parameters(params, steps=train_cfg.steps)
     adapter.eval()
     return {"steps": train_cfg.steps, "images_seen": train_cfg.steps * batches.batch, "loss": loss_value}

@@ -31,18 +31,22 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from tunebench.bench.config import RunConfig, build_dataclass, method_config
+from tunebench.bench.config import RunConfig, build_dataclass
 from tunebench.bench.curves import seconds_to_threshold
 from tunebench.bench.measure import Stopwatch, synchronize
 from tunebench.bench.progress import progress
-from tunebench.bench.training import autocast_for, optimizer_step, warmup_cosine
+from tunebench.bench.training import (
+    autocast_for,
+    check_finite_parameters,
+    optimizer_step,
+    warmup_cosine,
+)
 from tunebench.datasets import load_dataset
 from tunebench.datasets.concepts import ConceptDataset
 from tunebench.errors import ConfigError
 from tunebench.genmethods.base import ConceptPrompts
-from tunebench.methods.base import resolve_method
 from tunebench.registry import BACKBONES, GENERATION_METHODS, TASKS
-from tunebench.tasks.base import TaskContext, TaskResult
+from tunebench.tasks.base import TaskContext, TaskResult, method_and_settings
 from tunebench.tasks.gen_eval import Evaluator
 
 
@@ -113,8 +117,7 @@ class Generation:
         if not isinstance(dataset, ConceptDataset):
             raise ConfigError(f"generation needs a concept dataset (concept:zebra, concept:giraffe, ...), "
                               f"not {config.dataset!r}")
-        method_cls, _ = resolve_method(config.method, config.task)
-        method_config(method_cls, config.method_config, f"method_config.{config.method}")
+        method_cls, _ = method_and_settings(config)
         settings = build_dataclass(GenerationSettings, config.task_config, "task_config")
         if dataset.concept not in settings.initializers:
             raise ConfigError(f"task_config.initializers has no initializer word for {dataset.concept!r}")
@@ -128,8 +131,7 @@ class Generation:
     def run(self, config: RunConfig, context: TaskContext) -> TaskResult:
         concept: ConceptDataset = load_dataset(config.dataset)
         settings = build_dataclass(GenerationSettings, config.task_config, "task_config")
-        method_cls, _ = resolve_method(config.method, config.task)
-        method_settings = method_config(method_cls, config.method_config, f"method_config.{config.method}")
+        method_cls, method_settings = method_and_settings(config)
         model, device, train_cfg = context.backbone, context.device, config.train
         train_watch, eval_watch = Stopwatch(device), Stopwatch(device)
         n_train = len(settings.train_templates)
@@ -207,6 +209,8 @@ def _train(adapter, latents, train_index, *, config: RunConfig, settings: Genera
     loss_value = float("nan")
     adapter.train()
     for step in progress(range(train_cfg.steps + 1), desc=config.label, unit="step", inner=True):
+        if step == train_cfg.steps:  # before the final samples are drawn from these weights
+            check_finite_parameters(params, steps=train_cfg.steps)
         if step in checkpoints:
             on_checkpoint(step)  # samples in eval mode
             adapter.train()
