@@ -37,8 +37,6 @@ BATCH = 4
 NO_STEPS = None
 AT_INPUT = (1, 1)  # prompts learned at the text input, or text-tower weights that train
 FIXED = (0, 0)  # the text side is encoded once before training (or never used)
-PROJECTION_BUG = "lit:projection runs its frozen text tower every step here (issue 11: encode it once)"
-FULL_FT_ALIGN_BUG = "full-ft on align fails on FixedPrompts([]) (issue 11, fixed elsewhere)"
 TEXT_TOWER_PRESETS = ("lilt", "bitfit", "layernorm", "attention", "lit", "all", "norms")
 
 EXPECTED: dict[tuple[str, str], tuple[int, int] | None] = {
@@ -62,11 +60,9 @@ EXPECTED: dict[tuple[str, str], tuple[int, int] | None] = {
 }
 # Cases that differ from the count above today, each with how it fails: strict, so each
 # flips to a failure (to be unmarked) the day it is fixed.
-KNOWN_BROKEN = {
-    ("fewshot-cls", "lit:projection"): (PROJECTION_BUG, AssertionError),
-    ("detect", "lit:projection"): (PROJECTION_BUG, AssertionError),
-    ("align", "full-ft"): (FULL_FT_ALIGN_BUG, IndexError),
-}
+# (lit:projection on fewshot-cls and detect, and full-ft on align, were here until
+# issue 11's fixes.)
+KNOWN_BROKEN: dict[tuple[str, str], tuple[str, type[Exception]]] = {}
 BACKBONE = {"fewshot-cls": "tiny-clip", "detect": "tiny-detector", "generation": "tiny-t2i", "align": "tiny-clip"}
 GENERATION_TASK = {"judge": "tiny", "clip_backbone": "tiny-clip", "clip_image_size": 16, "samples_per_prompt": 2,
                    "curve_samples_per_prompt": 1, "sampling_steps": 2, "real_images": 4, "timing_repeats": 1,
