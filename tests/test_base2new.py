@@ -16,7 +16,8 @@ from tests.test_faults_config import (
     run_cli,
     stored,
 )
-from tunebench.bench.config import RunConfig, method_config
+from tests.test_methods import make
+from tunebench.bench.config import RunConfig
 from tunebench.bench.report_common import harmonic_mean
 from tunebench.bench.runner import validate_cells
 from tunebench.datasets import fewshot_indices, load_dataset
@@ -29,11 +30,6 @@ from tunebench.methods.zero_shot import prompt_ensemble_embeddings
 from tunebench.registry import DATASETS, METHODS, load_all
 
 load_all()
-
-
-def make(name, backbone, classes, **settings):
-    cls = METHODS.get(name)
-    return cls(backbone, classes, method_config(cls, settings, name))
 
 
 def toy_dataset(n_classes: int, per_class: int = 6) -> ClassificationDataset:

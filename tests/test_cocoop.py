@@ -13,17 +13,13 @@ from tests.test_faults_config import (
     run_cli,
     stored,
 )
-from tunebench.bench.config import TrainConfig, method_config
+from tests.test_methods import make
+from tunebench.bench.config import TrainConfig
 from tunebench.bench.training import train_classifier
 from tunebench.methods import cocoop as cocoop_module
-from tunebench.registry import METHODS, load_all
+from tunebench.registry import load_all
 
 load_all()
-
-
-def make(name, backbone, classes, **settings):
-    cls = METHODS.get(name)
-    return cls(backbone, classes, method_config(cls, settings, name))
 
 
 class PromptCounter:

@@ -8,6 +8,7 @@ folder's one-line errors, which stop a run before anything is written.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 import shutil
@@ -16,8 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.test_methods import make
 from tunebench.bench.cli import main
-from tunebench.bench.config import TrainConfig, method_config
+from tunebench.bench.config import TrainConfig
 from tunebench.bench.training import train_classifier
 from tunebench.errors import ConfigError
 from tunebench.methods.lit import PRESETS
@@ -164,11 +166,6 @@ def test_group_patterns_name_real_parameters(backbone):
 
 
 # ---- every method on it ---------------------------------------------------------------
-def make(name, backbone, classes, **settings):
-    cls = METHODS.get(name)
-    return cls(backbone, classes, method_config(cls, settings, name))
-
-
 def _names(backbone, *patterns: str) -> set[str]:
     return {f"backbone.{n}" for n, _ in backbone.named_parameters() if any(re.search(p, n) for p in patterns)}
 
@@ -376,8 +373,8 @@ def test_detector_on_a_vit_is_refused_before_any_model_loads(clip_folder, tmp_pa
 
     loads: list[str] = []
     build = BACKBONES.resolve("hf-clip:x")[0]
-    monkeypatch.setitem(BACKBONES._entries, "hf-clip:",
-                        lambda *args, **kwargs: loads.append("hf-clip") or build(*args, **kwargs))
+    counted = functools.wraps(build)(lambda *args, **kwargs: loads.append("hf-clip") or build(*args, **kwargs))
+    monkeypatch.setitem(BACKBONES._entries, "hf-clip:", counted)  # keeps the builder's attributes
     code = main(["run", "--task", "detect", "--method", "cones", "--dataset", "tiny-det",
                  "--backbone", f"det:hf-clip:{clip_folder}", "--shots", "2",
                  "--results", str(tmp_path / "results")])

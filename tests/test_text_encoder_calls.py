@@ -58,11 +58,6 @@ EXPECTED: dict[tuple[str, str], tuple[int, int] | None] = {
     ("align", "full-ft"): AT_INPUT,
     ("align", "zero-shot"): NO_STEPS,
 }
-# Cases that differ from the count above today, each with how it fails: strict, so each
-# flips to a failure (to be unmarked) the day it is fixed.
-# (lit:projection on fewshot-cls and detect, and full-ft on align, were here until
-# issue 11's fixes.)
-KNOWN_BROKEN: dict[tuple[str, str], tuple[str, type[Exception]]] = {}
 BACKBONE = {"fewshot-cls": "tiny-clip", "detect": "tiny-detector", "generation": "tiny-t2i", "align": "tiny-clip"}
 GENERATION_TASK = {"judge": "tiny", "clip_backbone": "tiny-clip", "clip_image_size": 16, "samples_per_prompt": 2,
                    "curve_samples_per_prompt": 1, "sampling_steps": 2, "real_images": 4, "timing_repeats": 1,
@@ -179,11 +174,7 @@ def run_counted(task: str, method: str, monkeypatch, tmp_path) -> tuple[Steps, T
 
 def _cases():
     for key in sorted(EXPECTED):
-        marks = []
-        if key in KNOWN_BROKEN:
-            reason, raises = KNOWN_BROKEN[key]
-            marks = [pytest.mark.xfail(strict=True, reason=reason, raises=raises)]
-        yield pytest.param(*key, id="-".join(key), marks=marks)
+        yield pytest.param(*key, id="-".join(key))
 
 
 @pytest.fixture(autouse=True)

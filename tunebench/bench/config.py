@@ -190,25 +190,21 @@ def _to_float(value: Any, setting: str) -> float | int:
     return number
 
 
-def _to_str(value: Any, setting: str) -> str:
-    if isinstance(value, str):
-        return value
-    raise ConfigError(f"{setting} must be text (put it in quotes), got {_shown(value)}")
+def _exactly(kind: type, expected: str):
+    """A converter that takes values of ``kind`` as they are and refuses anything else."""
+    def convert(value: Any, setting: str):
+        if isinstance(value, kind):
+            return value
+        raise ConfigError(f"{setting} must be {expected}, got {_shown(value)}")
+    return convert
 
 
-def _to_list(value: Any, setting: str) -> list:
-    if isinstance(value, list):
-        return value
-    raise ConfigError(f"{setting} must be a list (e.g. [a, b]), got {_shown(value)}")
-
-
-def _to_dict(value: Any, setting: str) -> dict:
-    if isinstance(value, dict):
-        return value
-    raise ConfigError(f"{setting} must be a mapping of settings, got {_shown(value)}")
-
-
-_CONVERTERS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str, list: _to_list, dict: _to_dict}
+_CONVERTERS = {
+    bool: _to_bool, int: _to_int, float: _to_float,
+    str: _exactly(str, "text (put it in quotes)"),
+    list: _exactly(list, "a list (e.g. [a, b])"),
+    dict: _exactly(dict, "a mapping of settings"),
+}
 _EXPECTED = {bool: "true or false", int: "a whole number", float: "a number", str: "text",
              list: "a list", dict: "a mapping", type(None): "null"}
 

@@ -22,9 +22,8 @@ from pathlib import Path
 from tunebench.bench.report_common import (
     harmonic_mean,
     markdown_table,
-    mean_of,
     percent_cell,
-    seed_statistics,
+    seed_groups,
     share,
 )
 from tunebench.bench.store import atomic_write_text
@@ -87,20 +86,11 @@ class Average:
 
 
 def summarise(runs) -> list[B2NCell]:
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for run in runs:
-        groups[run["backbone"], run["shots"], run["dataset"], run["method"]].append(run)
-    cells = []
-    for (backbone, shots, dataset, method), group in groups.items():
-        group.sort(key=lambda r: (r["seed"], r["config_hash"]))
-        means, stds = seed_statistics(group)
-        cells.append(B2NCell(
-            backbone=backbone, shots=shots, dataset=dataset, method=method,
-            seeds=tuple(r["seed"] for r in group), means=means, stds=stds,
-            train_seconds_mean=mean_of(group, "train_seconds"), eval_seconds_mean=mean_of(group, "eval_seconds"),
-            trainable_params=round(mean_of(group, "trainable_params")),
-            total_params=round(mean_of(group, "total_params")),
-        ))
+    cells = [
+        B2NCell(backbone=backbone, shots=shots, dataset=dataset, method=method, **shared)
+        for (backbone, shots, dataset, method), _, shared in seed_groups(
+            runs, lambda r: (r["backbone"], r["shots"], r["dataset"], r["method"]))
+    ]
     cells.sort(key=lambda c: (c.backbone, c.shots, c.dataset, method_key(c.method)))
     return cells
 

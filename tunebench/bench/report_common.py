@@ -4,6 +4,8 @@ markdown formatting. Pure functions of their inputs, so reports stay byte-stable
 from __future__ import annotations
 
 import statistics
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 
 
 def is_number(value) -> bool:
@@ -21,6 +23,24 @@ def seed_statistics(runs: list[dict]) -> tuple[dict[str, float], dict[str, float
         means[name] = statistics.fmean(values)
         stds[name] = statistics.stdev(values) if len(values) > 1 else 0.0
     return means, stds
+
+
+def seed_groups(runs, key: Callable[[dict], tuple]) -> Iterator[tuple[tuple, list[dict], dict]]:
+    """Runs grouped by ``key(run)``, each group in seed order, with the fields every
+    track's cell shares: seeds, metric means and stds, mean times, parameter counts."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for run in runs:
+        groups[key(run)].append(run)
+    for name, group in groups.items():
+        group.sort(key=lambda r: (r["seed"], r["config_hash"]))
+        means, stds = seed_statistics(group)
+        yield name, group, dict(
+            seeds=tuple(r["seed"] for r in group), means=means, stds=stds,
+            train_seconds_mean=mean_of(group, "train_seconds"),
+            eval_seconds_mean=mean_of(group, "eval_seconds"),
+            trainable_params=round(mean_of(group, "trainable_params")),
+            total_params=round(mean_of(group, "total_params")),
+        )
 
 
 def harmonic_mean(base: float, new: float | None) -> float | None:

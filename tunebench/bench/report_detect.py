@@ -16,9 +16,8 @@ from pathlib import Path
 
 from tunebench.bench.report_common import (
     markdown_table,
-    mean_of,
     percent_cell,
-    seed_statistics,
+    seed_groups,
     share,
 )
 from tunebench.bench.store import atomic_write_text
@@ -77,23 +76,15 @@ class DetectCell:
 
 
 def summarise(runs) -> list[DetectCell]:
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for run in runs:
-        groups[run["dataset"], run["backbone"], run["method"], run["shots"]].append(run)
-    cells = []
-    for (dataset, backbone, method, shots), group in groups.items():
-        group.sort(key=lambda r: (r["seed"], r["config_hash"]))
-        means, stds = seed_statistics(group)
-        cells.append(DetectCell(
-            dataset=dataset, backbone=backbone, method=method, shots=shots,
-            seeds=tuple(r["seed"] for r in group), means=means, stds=stds,
-            train_seconds_mean=mean_of(group, "train_seconds"),
-            eval_seconds_mean=mean_of(group, "eval_seconds"),
-            trainable_params=round(mean_of(group, "trainable_params")),
-            total_params=round(mean_of(group, "total_params")),
+    cells = [
+        DetectCell(
+            dataset=dataset, backbone=backbone, method=method, shots=shots, **shared,
             pictures=tuple((r["seed"], r["pictures"]["predictions"]) for r in group
                            if isinstance(r.get("pictures"), dict) and "predictions" in r["pictures"]),
-        ))
+        )
+        for (dataset, backbone, method, shots), group, shared in seed_groups(
+            runs, lambda r: (r["dataset"], r["backbone"], r["method"], r["shots"]))
+    ]
     cells.sort(key=lambda c: (c.group, method_key(c.method), c.shots))
     return cells
 

@@ -90,8 +90,11 @@ class Runner:
     def _pristine_backbone(self, config: RunConfig):
         key = (config.backbone, config.pretrained)
         if key not in self._backbones:
-            builder, argument = BACKBONES.resolve(config.backbone)
-            self._backbones[key] = builder(argument, pretrained=config.pretrained).eval()
+            built = _CHECKED.pop(key, None)  # validation already built it from the checkpoint
+            if built is None:
+                builder, argument = BACKBONES.resolve(config.backbone)
+                built = builder(argument, pretrained=config.pretrained)
+            self._backbones[key] = built.eval()
         return self._backbones[key]
 
     def run(self, config: RunConfig, *, write: bool = True) -> dict | None:
@@ -196,6 +199,11 @@ def validate_cells(configs: list[RunConfig]) -> None:
         check_checkpoint(backbone, pretrained)
 
 
+# Backbones built from --pretrained while validating, handed to the first Runner that
+# needs them, so that a sweep loads each checkpoint once, not once to check and again to run.
+_CHECKED: dict[tuple[str, str], torch.nn.Module] = {}
+
+
 def check_checkpoint(backbone: str, pretrained: str) -> None:
     """Build the backbone from ``pretrained`` once, so that a missing, corrupt or
     mismatched checkpoint stops the sweep as bad input instead of failing every cell.
@@ -203,7 +211,7 @@ def check_checkpoint(backbone: str, pretrained: str) -> None:
     reported the same way."""
     builder, argument = BACKBONES.resolve(backbone)
     try:
-        builder(argument, pretrained=pretrained)
+        _CHECKED[backbone, pretrained] = builder(argument, pretrained=pretrained)
     except TunebenchError:
         raise
     except Exception as exc:

@@ -279,31 +279,36 @@ def build_hf_clip(argument: str, *, pretrained: str | None = None) -> HfClipBack
     where = f"hf-clip:{argument}"
     _refuse_pretrained(where, pretrained)
     folder = read_folder(argument)
-    clip, tokenizer = _load(folder, where)
+    clip, tokenizer = _VALIDATED.pop(_files_key(folder), None) or _load(folder, where)
     content_id = f"hf-clip-{weights_digest(folder.weights)}"
     return HfClipBackbone(clip, tokenizer=tokenizer, folder=folder, content_id=content_id).eval()
 
 
-# Folders whose files loaded once in this process, keyed by the weight files' size and
-# time: a sweep's hundreds of cells on one folder load it once to validate.
-_LOADED_OK: set[tuple] = set()
+# (model, tokenizer) loaded by validation, keyed by the folder's weight files, handed to
+# the first build of that folder: a sweep's cells on one folder load it once. (A Ray
+# driver validates but never builds; it keeps this copy until it exits.)
+_VALIDATED: dict[tuple, tuple] = {}
+
+
+def _files_key(folder: HfClipFolder) -> tuple:
+    return (folder.path.resolve(), *((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.weights))
 
 
 def check_hf_clip(config) -> None:
     """Before a sweep starts: the folder loads as a CLIP and train.image_size fits its ViT.
 
-    The model is loaded here (once per folder and process), because weights that do
-    not fit their config.json would otherwise fail each cell instead of the sweep."""
+    The model is loaded here, because weights that do not fit their config.json would
+    otherwise fail each cell instead of the sweep; the first build takes it over."""
     _, argument = BACKBONES.resolve(config.backbone)
     _refuse_pretrained(config.backbone, config.pretrained)
     folder = read_folder(argument)
     if config.train.image_size != folder.image_size:
         raise ConfigError(f"{config.backbone} is a ViT whose positional embedding fits {folder.image_size} px "
                           f"images: set train.image_size to {folder.image_size}, not {config.train.image_size}")
-    key = (folder.path.resolve(), *((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.weights))
-    if key not in _LOADED_OK:
-        _load(folder, f"hf-clip:{argument}")
-        _LOADED_OK.add(key)
+    key = _files_key(folder)
+    if key not in _VALIDATED:
+        _VALIDATED[key] = _load(folder, f"hf-clip:{argument}")
 
 
 build_hf_clip.check = check_hf_clip
+build_hf_clip.is_vit = lambda argument: True  # CLIPModel has only ViT image towers

@@ -177,7 +177,9 @@ def _refuse_vit_towers(config) -> None:
     """Refuse ViT towers during validation, before any model loads: the detector taps
     feature maps at growing strides, which a ViT (all blocks at one stride) lacks."""
     inner = config.backbone.partition(":")[2]
-    if inner.startswith("hf-clip:") or (inner.startswith("open_clip:") and "vit" in inner.lower()):
+    builder, argument = BACKBONES.resolve(inner)
+    is_vit = getattr(builder, "is_vit", None)  # declared by builders that can make ViT towers
+    if is_vit is not None and is_vit(argument):
         raise ConfigError(f"{config.backbone}: the detector needs a CNN image tower with multi-scale "
                           f"feature maps, and {inner} is a ViT: use det:mini-clip, det:tiny-clip or "
                           "an open_clip CNN (RN50, convnext_*)")

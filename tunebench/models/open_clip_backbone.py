@@ -428,3 +428,5 @@ def build_open_clip(argument: str, *, pretrained: str | None = None) -> OpenClip
 
 
 build_open_clip.check = check_image_size
+# Whether the image tower is a ViT (detectors refuse those: see mini_det).
+build_open_clip.is_vit = lambda argument: vit_image_sizes(resolve_arch(argument)) is not None
