@@ -85,7 +85,7 @@ def _expected_preset(preset, backbone, adapter):
     text = {f"backbone.text_tower.{n}" for n, _ in backbone.text_tower.named_parameters()}
     projections = {"backbone.image_projection.weight", "backbone.image_projection.bias",
                    "backbone.text_projection.weight"}
-    adapters = {n for n, _ in adapter.named_parameters() if n.startswith("adapters.")}
+    bottlenecks = {n for n, _ in adapter.named_parameters() if n.startswith("bottlenecks.")}
     norms = {n for n in text if "LayerNorm" in n}
     biases = {n for n in text if n.endswith(".bias")} | {"backbone.image_projection.bias"}
     attention = {n for n in text if ".attention." in n}
@@ -94,7 +94,7 @@ def _expected_preset(preset, backbone, adapter):
         "layernorm": projections | norms,
         "bitfit": projections | biases,
         "attention": projections | attention,
-        "lilt": projections | norms | adapters,
+        "lilt": projections | norms | bottlenecks,
         "lit": projections | text,
         "all": projections | text | image,
         "norms": projections | norms | {"backbone.image_tower.bn1.weight", "backbone.image_tower.bn1.bias"},
@@ -109,7 +109,7 @@ def test_each_preset_trains_exactly_what_it_names(preset, tiny_backbone):
     assert adapter.trainable_count() == sum(p.numel() for n, p in adapter.named_parameters() if n in names)
     assert tiny_backbone.image_tower_trains() == (preset in ("all", "norms"))
     if preset == "lilt":  # two blocks, each with a down and an up projection
-        assert len([n for n in names if n.startswith("adapters.")]) == 8
+        assert len([n for n in names if n.startswith("bottlenecks.")]) == 8
 
 
 def make_lit(backbone, preset, **settings):
@@ -239,7 +239,7 @@ def test_alignment_learns_on_tiny_scenes(tmp_path):
 
 
 def test_align_rejects_wrong_methods_and_datasets():
-    with pytest.raises(ConfigError, match="class embeddings"):
+    with pytest.raises(ConfigError, match="method 'cones' does not serve the align task"):
         validate_cells([dataclasses.replace(_cell("lit:projection"), method="cones", method_config={})])
     with pytest.raises(ConfigError, match="image-caption dataset"):
         validate_cells([dataclasses.replace(_cell("lit:projection"), dataset="tiny-shapes")])

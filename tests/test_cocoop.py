@@ -112,8 +112,8 @@ def test_runs_end_to_end(tmp_path, capsys, task):
 
 
 @pytest.mark.parametrize(("task", "dataset", "backbone", "message"), [
-    ("detect", "tiny-det", "tiny-detector", "encodes its class prompts anew for each whole image"),
-    ("align", "tiny-scenes", "tiny-clip", "learns class embeddings, which align has none of"),
+    ("detect", "tiny-det", "tiny-detector", "method 'cocoop' does not serve the detect task"),
+    ("align", "tiny-scenes", "tiny-clip", "method 'cocoop' does not serve the align task"),
 ])
 def test_refused_where_prompts_cannot_be_per_image(tmp_path, capsys, task, dataset, backbone, message):
     assert run_cli(tmp_path, "--task", task, "--shots", "1", *TINY_SETS, method="cocoop",

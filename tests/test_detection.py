@@ -165,7 +165,7 @@ def test_linear_probe_and_non_detection_inputs_are_refused():
         base = dict(task="detect", dataset="tiny-det", method="cones", backbone="tiny-detector", shots=1, seed=1)
         return RunConfig(**{**base, **kw})
 
-    with pytest.raises(ConfigError, match="own classifier head"):
+    with pytest.raises(ConfigError, match="method 'linear-probe' does not serve the detect task"):
         Detect().validate(cell(method="linear-probe"))
     with pytest.raises(ConfigError, match="needs a detection dataset"):
         Detect().validate(cell(dataset="tiny-shapes"))

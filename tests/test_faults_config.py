@@ -27,7 +27,7 @@ from tunebench.bench.runner import validate_cells
 from tunebench.bench.sweep import expand, load_sweep
 from tunebench.errors import ConfigError
 from tunebench.methods.base import resolve_method
-from tunebench.registry import BACKBONES, GENERATION_METHODS, METHODS, TASKS, load_all
+from tunebench.registry import BACKBONES, METHODS, TASKS, load_all
 
 load_all()
 
@@ -114,9 +114,8 @@ def test_mistyped_setting_in_a_sweep_file_is_one_line(tmp_path, capsys):
 
 
 def _config_classes() -> list[tuple[str, type]]:
-    classes = {f"method {name}": METHODS.entry(name).config_class for name in METHODS.names()}
-    classes |= {f"generation method {name}": GENERATION_METHODS.entry(name).config_class
-                for name in GENERATION_METHODS.names()}
+    classes = {f"method {name} on {cls.tasks[0]}": cls.config_class
+               for name in METHODS.names() for cls in METHODS.entry(name).classes}
     classes |= {f"task {name}": TASKS.entry(name).config_class
                 for name in TASKS.names() if getattr(TASKS.entry(name), "config_class", None)}
     classes["train"] = TrainConfig

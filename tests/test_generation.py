@@ -22,10 +22,10 @@ from tunebench.bench.config import RunConfig, TrainConfig, method_config, task_c
 from tunebench.bench.runner import Runner, validate_cells
 from tunebench.errors import ConfigError
 from tunebench.genmethods.base import ConceptPrompts
-from tunebench.genmethods.lit import PRESETS
+from tunebench.genmethods.unet_attn import PRESETS
 from tunebench.methods.base import resolve_method
 from tunebench.models.base import count_parameters
-from tunebench.registry import BACKBONES, GENERATION_METHODS, TASKS, load_all
+from tunebench.registry import BACKBONES, METHODS, TASKS, load_all
 from tunebench.tasks import gen_eval
 
 load_all()
@@ -39,7 +39,7 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-GEN_METHODS = GENERATION_METHODS.names()
+GEN_METHODS = METHODS.names_for("generation")
 CONCEPT = ConceptPrompts("horse", ("a photo of a {}.", "a {}.", "a drawing of a {}."))
 FAST_TASK = {"judge": "tiny", "clip_backbone": "tiny-clip", "clip_image_size": 16, "samples_per_prompt": 2,
              "curve_samples_per_prompt": 1, "sampling_steps": 2, "real_images": 4, "timing_repeats": 1,
@@ -107,13 +107,13 @@ def expected_trainable(name: str, model) -> set[str]:
         return {"token"}
     if name == "full-ft":
         return unet
-    if name == "lit":  # default preset kv: cross-attention key and value projections
+    if name == "unet-attn":  # default preset kv: cross-attention key and value projections
         return {n for n in unet if ".attn2.to_k." in n or ".attn2.to_v." in n}
     raise AssertionError(f"no expectation written for new generation method {name!r}: add one here")
 
 
 def test_every_generation_method_is_registered():
-    assert set(GEN_METHODS) == {"cones", "textual-inversion", "full-ft", "lit"}
+    assert set(GEN_METHODS) == {"cones", "textual-inversion", "full-ft", "unet-attn"}
 
 
 @pytest.mark.parametrize("name", GEN_METHODS)
@@ -127,12 +127,12 @@ def test_trainable_set_and_true_count(name, model):
     assert adapter.total_count() == model_total + added
     if name in ("cones", "textual-inversion"):
         assert adapter.trainable_count() == model.text_width  # one vector, not the embedding table
-    if name == "lit":
+    if name == "unet-attn":
         assert 0 < adapter.trainable_count() < count_parameters(model.unet.parameters()) / 5
 
 
-def test_lit_presets_grow(model):
-    counts = {p: make("lit", copy.deepcopy(model), preset=p).trainable_count() for p in PRESETS}
+def test_unet_attn_presets_grow(model):
+    counts = {p: make("unet-attn", copy.deepcopy(model), preset=p).trainable_count() for p in PRESETS}
     assert counts["kv"] < counts["cross-attn"] < counts["attn"]
 
 
@@ -278,7 +278,7 @@ def cell(method: str, *, backbone: str = "tiny-t2i", dataset: str = "concept:zeb
     )
 
 
-@pytest.mark.parametrize("method", ["cones", "textual-inversion", "full-ft", "lit:kv"])
+@pytest.mark.parametrize("method", ["cones", "textual-inversion", "full-ft", "unet-attn:kv"])
 def test_tiny_generation_run_end_to_end(method, tmp_path):
     config = cell(method)
     validate_cells([config])
@@ -323,7 +323,7 @@ def test_bad_generation_input_is_one_line(tmp_path):
     one_line_error(lambda: [cell("cones", dataset="concept:zebr")], "Did you mean zebra")
     one_line_error(lambda: [cell("cones", dataset="animal-mnist")], "concept dataset")
     one_line_error(lambda: [dataclasses.replace(cell("cones"), method="linear-probe")],
-                   "unknown generation method 'linear-probe'")
+                   "method 'linear-probe' does not serve the generation task")
     one_line_error(lambda: [cell("cones", backbone=f"diffusers:{tmp_path / 'nowhere'}")],
                    "pipeline folder not found")
     (tmp_path / "half" / "unet").mkdir(parents=True)
@@ -338,5 +338,5 @@ def test_bad_generation_input_is_one_line(tmp_path):
 
 def test_multi_token_initializer_is_refused(model):
     with pytest.raises(ConfigError, match="'giraffe' is 3 tokens"):
-        GENERATION_METHODS.get("cones")(model, ConceptPrompts("giraffe", ("a {}.",)),
-                                        method_config(GENERATION_METHODS.get("cones"), {}, "x"))
+        cls, _ = resolve_method("cones", "generation")
+        cls(model, ConceptPrompts("giraffe", ("a {}.",)), method_config(cls, {}, "x"))

@@ -22,6 +22,7 @@ from tunebench.bench.cli import main
 from tunebench.bench.config import TrainConfig
 from tunebench.bench.training import train_classifier
 from tunebench.errors import ConfigError
+from tunebench.methods.base import resolve_method
 from tunebench.methods.lit import PRESETS
 from tunebench.models.base import GROUP_NAMES, count_parameters
 from tunebench.models.checkpoints import file_digest
@@ -29,7 +30,7 @@ from tunebench.models.hf_clip import build_hf_clip
 from tunebench.registry import BACKBONES, METHODS, load_all
 
 load_all()
-ALL_METHODS = METHODS.names()
+ALL_METHODS = METHODS.names_for("fewshot-cls")
 TEXTS = ["a photo of a dog", "a blurry photo of a very small red car!!", "x " * 100]
 SIZE = 32  # the tiny ViT's image size: 4 x 4 patches of 8 px
 
@@ -178,9 +179,9 @@ def expected_lit(backbone, preset: str) -> set[str]:
     projections = {"backbone.image_projection.weight", "backbone.text_projection.weight"}
     if preset == "lilt":
         n = len(backbone.text_blocks())
-        adapters = {f"adapters.{i}.{layer}.{p}" for i in range(n) for layer in ("down", "up")
-                    for p in ("weight", "bias")}
-        return adapters | _names(backbone, text_norms) | projections
+        bottlenecks = {f"bottlenecks.{i}.{layer}.{p}" for i in range(n) for layer in ("down", "up")
+                       for p in ("weight", "bias")}
+        return bottlenecks | _names(backbone, text_norms) | projections
     by_preset = {
         "projection": set(),
         "layernorm": _names(backbone, text_norms),
@@ -232,7 +233,7 @@ def test_lit_detector_preset_is_a_one_line_error(backbone, classes):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("name", [m for m in ALL_METHODS if METHODS.get(m).trains])
+@pytest.mark.parametrize("name", [m for m in ALL_METHODS if resolve_method(m)[0].trains])
 def test_gradients_reach_only_trainable(name, backbone, classes):
     adapter = make(name, backbone, classes)
     pixels = backbone.image_tower_trains()

@@ -8,27 +8,28 @@ from safetensors.torch import load_file, save_file
 
 from tunebench.bench.config import TrainConfig, method_config
 from tunebench.bench.training import train_classifier
+from tunebench.methods.base import resolve_method
 from tunebench.models.base import count_parameters
 from tunebench.registry import METHODS, load_all
 
 load_all()
-ALL_METHODS = METHODS.names()
+ALL_METHODS = METHODS.names_for("fewshot-cls")  # every MethodAdapter serves classification
 
 
 def make(name, backbone, classes, **settings):
-    cls = METHODS.get(name)
+    cls, _ = resolve_method(name)
     return cls(backbone, classes, method_config(cls, settings, name))
 
 
 def _lilt(backbone) -> set[str]:
-    """The default ``lit`` preset "lilt": adapters + text LayerNorms + projections."""
-    adapters = {f"adapters.{i}.{layer}.{p}" for i in range(len(backbone.text_blocks()))
+    """The default ``lit`` preset "lilt": bottlenecks + text LayerNorms + projections."""
+    bottlenecks = {f"bottlenecks.{i}.{layer}.{p}" for i in range(len(backbone.text_blocks()))
                 for layer in ("down", "up") for p in ("weight", "bias")}
     norms = {f"backbone.{n}" for n, _ in backbone.named_parameters()
              if n.startswith("text_tower.") and "LayerNorm" in n}
     projections = {"backbone.image_projection.weight", "backbone.image_projection.bias",
                    "backbone.text_projection.weight"}
-    return adapters | norms | projections
+    return bottlenecks | norms | projections
 
 
 # What each method declares should train, written out independently of its code: one
@@ -88,7 +89,7 @@ def _one_backward(adapter, backbone):
     loss.backward()
 
 
-@pytest.mark.parametrize("name", [m for m in ALL_METHODS if METHODS.get(m).trains])
+@pytest.mark.parametrize("name", [m for m in ALL_METHODS if resolve_method(m)[0].trains])
 def test_gradients_reach_only_trainable(name, tiny_backbone, tiny_classes):
     adapter = make(name, tiny_backbone, tiny_classes)
     _one_backward(adapter, tiny_backbone)
@@ -161,14 +162,14 @@ def test_textual_inversion_changes_only_its_rows(tiny_backbone, tiny_classes):
     assert not torch.equal(tokens_before, adapter.tokens)
 
 
-def test_lit_adapters_run_once_per_block_and_are_counted(tiny_backbone, tiny_classes):
+def test_lit_bottlenecks_run_once_per_block_and_are_counted(tiny_backbone, tiny_classes):
     adapter = make("lit", tiny_backbone, tiny_classes)
     calls = []
-    for module in adapter.adapters:
+    for module in adapter.bottlenecks:
         module.register_forward_hook(lambda *a: calls.append(1))
     adapter.class_embeddings()
     assert len(calls) == len(tiny_backbone.text_blocks())
-    added = sum(p.numel() for p in adapter.adapters.parameters())
+    added = sum(p.numel() for p in adapter.bottlenecks.parameters())
     backbone_total = sum(p.numel() for p in tiny_backbone.parameters())
     assert adapter.total_count() == backbone_total + added
     width = tiny_backbone.text_width

@@ -30,7 +30,7 @@ def test_recipe_reads_its_paths_from_the_environment(prefix, task, shots, monkey
         assert sweep.task == task and sweep.shots == shots and sweep.seeds == [1, 2, 3]
         assert sweep.backbone == "hf-clip:/models/clip-vit-base-patch16"
         assert {d.removeprefix("coop:/data/DATA/") for d in sweep.datasets} == COOP_DATASETS
-    assert set(main_part.methods) | set(cocoop_part.methods) == set(METHODS.names())  # every method
+    assert set(main_part.methods) | set(cocoop_part.methods) == set(METHODS.names_for("fewshot-cls"))  # every method
     assert cocoop_part.methods == ["cocoop"]
     # cocoop differs in batch size only: it sees as many training images, warm-up share alike.
     main_train, cocoop_train = main_part.train, cocoop_part.train

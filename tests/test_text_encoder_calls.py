@@ -25,7 +25,7 @@ from tunebench.bench.training import seed_everything
 from tunebench.datasets import load_dataset
 from tunebench.errors import ConfigError
 from tunebench.methods.base import resolve_method
-from tunebench.registry import BACKBONES, TASKS, load_all, method_registry
+from tunebench.registry import BACKBONES, METHODS, TASKS, load_all
 from tunebench.tasks.base import TaskContext
 
 load_all()
@@ -52,7 +52,8 @@ EXPECTED: dict[tuple[str, str], tuple[int, int] | None] = {
     ("detect", "lit:projection"): FIXED,
     ("detect", "zero-shot"): NO_STEPS,
     ("generation", "textual-inversion"): AT_INPUT,
-    **{("generation", m): FIXED for m in ("cones", "full-ft", "lit:kv", "lit:cross-attn", "lit:attn")},
+    **{("generation", m): FIXED
+       for m in ("cones", "full-ft", "unet-attn:kv", "unet-attn:cross-attn", "unet-attn:attn")},
     **{("align", f"lit:{p}"): AT_INPUT for p in TEXT_TOWER_PRESETS},
     ("align", "lit:projection"): FIXED,  # align encodes the captions once for this preset
     ("align", "full-ft"): AT_INPUT,
@@ -208,9 +209,9 @@ def test_every_method_a_task_serves_has_a_count(task):
     """A method a task accepts but this file has no count for fails here."""
     written = {method for t, method in EXPECTED if t == task}
     assert written
-    for name in method_registry(task).names():
+    for name in METHODS.names_for(task):
         cls, _ = resolve_method(name, task)
-        if cls.variant_field is not None:  # the variants are the methods: lit:lilt, lit:kv, ...
+        if cls.variant_field is not None:  # the variants are the methods: lit:lilt, unet-attn:kv, ...
             assert any(m.startswith(f"{name}:") for m in written), f"no {name}:<variant> counted on {task}"
             continue
         try:

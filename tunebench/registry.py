@@ -4,6 +4,11 @@ Names are lowercase; registering a name twice is an error; looking up an unknown
 name answers with the closest valid names. A name may carry an argument after a
 colon (``imagefolder:/data/pets``, ``open_clip:ViT-B-32``): the entry registered as
 ``imagefolder:`` then receives the text after the colon.
+
+Methods have one namespace for every task: a name is one ``MethodEntry`` that says
+which tasks it serves and which class runs on each (``cones`` is a class-embedding
+adapter on the classification and detection tasks and a generation adapter on
+``generation``).
 """
 
 from __future__ import annotations
@@ -28,12 +33,19 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} names are lowercase: {name!r}")
 
         def add(obj: T) -> T:
-            if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
-            self._entries[name] = obj
+            self._add(name, obj)
             return obj
 
         return add
+
+    def _add(self, name: str, obj: T) -> None:
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self._entries[name] = obj
+
+    def unregister(self, name: str) -> None:
+        """Remove an entry (a test's or a plugin's temporary registration)."""
+        del self._entries[name]
 
     def resolve(self, name: str) -> tuple[T, str | None]:
         """Return (entry, argument) for ``name`` or ``prefix:argument``."""
@@ -79,24 +91,74 @@ class Registry(Generic[T]):
         return iter(self.names())
 
 
-METHODS: Registry = Registry("method")
-# A task whose adapters need another interface (text-to-image generation conditions a
-# denoiser, it has no class embeddings) names its own family in ``method_registry``;
-# the method names stay the same across families (cones, textual-inversion, ...).
-GENERATION_METHODS: Registry = Registry("generation method")
+class MethodEntry:
+    """One method name: the class that implements it on each task it serves."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.by_task: dict[str, type] = {}
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted(self.by_task)
+
+    @property
+    def classes(self) -> list[type]:
+        """Each implementation once, in registration order."""
+        return list(dict.fromkeys(self.by_task.values()))
+
+
+class MethodRegistry(Registry[MethodEntry]):
+    """Method names -> ``MethodEntry``. ``@METHODS.register("cones")`` on a class adds it
+    for every task in its ``tasks`` ClassVar; a second class for the same (name, task)
+    is an error, a class for other tasks joins the same entry."""
+
+    def _add(self, name: str, cls) -> None:
+        entry = self._entries.setdefault(name, MethodEntry(name))
+        for task in cls.tasks:
+            if task in entry.by_task:
+                raise ValueError(f"method {name!r} is registered twice for task {task!r}")
+            entry.by_task[task] = cls
+
+    def for_task(self, name: str, task: str) -> type:
+        """The class that runs method ``name`` (no variant) on ``task``."""
+        name = RENAMED_METHODS.get((task, name), name)
+        entry = self.get(name)
+        if task not in entry.by_task:
+            serving = ", ".join(self.names_for(task)) or "none"
+            raise ConfigError(f"method {name!r} does not serve the {task} task (it serves "
+                              f"{', '.join(entry.tasks)}); methods for {task}: {serving}")
+        return entry.by_task[task]
+
+    def names_for(self, task: str) -> list[str]:
+        return [name for name in self.names() if task in self._entries[name].by_task]
+
+
+# Methods renamed after results were stored under the old name: (task, old name) -> new
+# name. The old name still resolves on that task, and a cell of the new name hashes
+# under the old one (``stored_method_name``), so committed cells stay found instead of
+# rerunning. Only committed results justify an entry: generation's K/V tuning was
+# ``lit`` (a name that means partial unfreezing on every other task).
+RENAMED_METHODS: dict[tuple[str, str], str] = {("generation", "lit"): "unet-attn"}
+
+
+def stored_method_name(task: str, method: str) -> str:
+    """The method name a cell's config hash is made with: ``unet-attn:cross-attn`` on
+    generation hashes as ``lit:cross-attn``; every other name as itself."""
+    base, colon, variant = method.partition(":")
+    for (renamed_task, old), new in RENAMED_METHODS.items():
+        if renamed_task == task and base == new:
+            return old + colon + variant
+    return method
+
+
+METHODS: MethodRegistry = MethodRegistry("method")
 DATASETS: Registry = Registry("dataset")
 TASKS: Registry = Registry("task")
 BACKBONES: Registry = Registry("backbone")
 # Models that ``tunebench build NAME`` makes and caches (mini-clip, ...): callables
 # ``build(force: bool) -> Path`` with a ``summary`` attribute.
 BUILDS: Registry = Registry("buildable model")
-
-
-def method_registry(task: str | None) -> Registry:
-    """The method family a task's cells resolve their method names in."""
-    if task is None:
-        return METHODS
-    return getattr(TASKS.get(task), "method_registry", METHODS)
 
 
 def load_all() -> None:

@@ -26,24 +26,38 @@ BACKBONE_HELP = (
 
 
 def _list(args) -> None:
-    from tunebench.registry import (
-        BACKBONES,
-        BUILDS,
-        DATASETS,
-        GENERATION_METHODS,
-        METHODS,
-        TASKS,
-        load_all,
-    )
+    from tunebench.registry import BACKBONES, BUILDS, DATASETS, METHODS, TASKS, load_all
 
     load_all()
-    registries = {"methods": [METHODS, GENERATION_METHODS], "tasks": [TASKS],
-                  "backbones": [BACKBONES], "datasets": [DATASETS], "builds": [BUILDS]}
+    registries = {"methods": METHODS, "tasks": TASKS, "backbones": BACKBONES, "datasets": DATASETS,
+                  "builds": BUILDS}
     for kind in [args.kind] if args.kind else list(registries):
-        for registry in registries[kind]:
-            if not args.kind or len(registries[kind]) > 1:
-                print(f"# {registry.kind}s")
-            _list_registry(registry, args.verbose)
+        if not args.kind:
+            print(f"# {registries[kind].kind}s")
+        if kind == "methods":
+            _list_methods(args.verbose)
+        else:
+            _list_registry(registries[kind], args.verbose)
+
+
+def _list_methods(verbose: bool) -> None:
+    """The method × task matrix: which tasks each method serves (its ``tasks``)."""
+    from tunebench.registry import METHODS, RENAMED_METHODS, TASKS
+
+    tasks = TASKS.names()
+    width = max(len(n) for n in METHODS.names()) + 2
+    print("method".ljust(width) + "  ".join(tasks))
+    for name in METHODS.names():
+        served = METHODS.entry(name).by_task
+        print(name.ljust(width) + "  ".join(("yes" if t in served else "-").ljust(len(t)) for t in tasks).rstrip())
+    for (task, old), new in sorted(RENAMED_METHODS.items()):
+        print(f"({old} on {task}: the former name of {new}, kept for stored results)")
+    if not verbose:
+        return
+    for name in METHODS.names():
+        for cls in METHODS.entry(name).classes:
+            print(f"\n{name} [{', '.join(t for t in cls.tasks)}]: {cls.summary}")
+            _print_fields(cls.config_class)
 
 
 def _list_registry(registry, verbose: bool) -> None:
@@ -53,9 +67,13 @@ def _list_registry(registry, verbose: bool) -> None:
         print(f"{name:20s} {summary}" if verbose else name)
         config_class = getattr(entry, "config_class", None)
         if verbose and config_class is not None:
-            for f in fields(config_class):
-                default = f.default_factory() if callable(f.default_factory) else f.default
-                print(f"    {f.name} = {default!r}: {f.metadata.get('help', '')}")
+            _print_fields(config_class)
+
+
+def _print_fields(config_class) -> None:
+    for f in fields(config_class):
+        default = f.default_factory() if callable(f.default_factory) else f.default
+        print(f"    {f.name} = {default!r}: {f.metadata.get('help', '')}")
 
 
 def _build(args) -> None:

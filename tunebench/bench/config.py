@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from tunebench.errors import ConfigError
+from tunebench.registry import stored_method_name
 
 # numpy.random.seed takes 0 .. 2**32 - 1; every run seeds numpy with its cell's seed.
 SEED_LIMIT = 2**32
@@ -94,6 +95,8 @@ class RunConfig:
         for name in _ADDED_LATER:
             if not identity[name]:
                 del identity[name]
+        # A method renamed after its results were stored hashes under its old name.
+        identity["method"] = stored_method_name(self.task, self.method)
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -1,5 +1,6 @@
-"""Generation adapters (the ``generation`` task's method family): every module in this
-folder is imported and registers itself in ``GENERATION_METHODS``.
+"""Generation adapters (the ``generation`` task's implementations of the methods):
+every module in this folder is imported and registers itself in ``METHODS``, under
+the same names as the other tasks' implementations where the method is the same idea.
 
 Adding a method therefore touches no other file: drop a module here.
 """

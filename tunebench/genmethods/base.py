@@ -13,11 +13,13 @@ is where the concept lives and what must run to produce that conditioning:
 
     textual-inversion  a new input token; the text encoder runs forward+backward every step
     cones              a vector among the text encoder's *output* states; never runs it again
-    full-ft / lit      UNet weights; fixed prompts whose states are computed once
+    full-ft, unet-attn UNet weights (all, or attention projections); fixed prompts whose
+                       states are computed once
 
 The runner calls ``trainable_named_parameters``, ``trainable_count``, ``total_count`` and
 ``artifact`` on any adapter, as for classification adapters. To add a method: one module
-in ``tunebench/genmethods/`` registered with ``@GENERATION_METHODS.register("name")``.
+in ``tunebench/genmethods/`` registered with ``@METHODS.register("name")``; its ``tasks``
+is ``("generation",)``, and a name the other tasks already use joins that method's entry.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ class GenerationAdapter(TrainableParts, nn.Module, ABC):
 
     summary: ClassVar[str] = ""
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    tasks: ClassVar[tuple[str, ...]] = ("generation",)
+    # The generation task calls one hook (see methods/base.py for the contract).
+    HOOKS: ClassVar[tuple[str, ...]] = ("conditioning",)
     trains: ClassVar[bool] = True
     variant_field: ClassVar[str | None] = None
     # Whether producing the conditioning runs the text encoder at every training step
@@ -80,5 +85,5 @@ class GenerationAdapter(TrainableParts, nn.Module, ABC):
         return self
 
     def artifact(self) -> dict[str, torch.Tensor]:
-        """The trained tensors: the concept vector (TI, ConES), K/V weights (lit), the UNet (full-ft)."""
+        """The trained tensors: the concept vector (TI, ConES), K/V weights (unet-attn), the UNet (full-ft)."""
         return {n: p.detach().cpu().contiguous() for n, p in self.trainable_named_parameters()}

@@ -22,16 +22,16 @@ from torch import nn
 
 from tunebench.genmethods.base import GenerationAdapter
 from tunebench.genmethods.prompting import SlotPrompts, one_token
-from tunebench.methods.base import MethodConfig, hyperparameter
-from tunebench.registry import GENERATION_METHODS
+from tunebench.methods.base import MethodConfig, learning_rate
+from tunebench.registry import METHODS
 
 
 @dataclass
 class ConesConfig(MethodConfig):
-    lr: float = hyperparameter(5e-2, "peak learning rate (AdamW, cosine schedule); tuned on mini-t2i")
+    lr: float = learning_rate(5e-2, "tuned on mini-t2i")
 
 
-@GENERATION_METHODS.register("cones")
+@METHODS.register("cones")
 class Cones(GenerationAdapter):
     summary = "concept vector among the text encoder's output states; encoder run once, never while tuning"
     config_class = ConesConfig

@@ -16,8 +16,8 @@ import torch
 
 from tunebench.genmethods.base import GenerationAdapter
 from tunebench.genmethods.prompting import FrozenStates
-from tunebench.methods.base import MethodConfig, hyperparameter
-from tunebench.registry import GENERATION_METHODS
+from tunebench.methods.base import MethodConfig, hyperparameter, learning_rate
+from tunebench.registry import METHODS
 
 
 @dataclass
@@ -32,7 +32,7 @@ class IdentifierConfig(MethodConfig):
 
 @dataclass
 class FullFinetuneConfig(IdentifierConfig):
-    lr: float = hyperparameter(2e-4, "peak learning rate (AdamW, cosine schedule)")
+    lr: float = learning_rate(2e-4)
 
 
 class IdentifierPromptAdapter(GenerationAdapter):
@@ -46,7 +46,7 @@ class IdentifierPromptAdapter(GenerationAdapter):
         return self.prompt_states(index)
 
 
-@GENERATION_METHODS.register("full-ft")
+@METHODS.register("full-ft")
 class FullFinetune(IdentifierPromptAdapter):
     summary = "whole UNet (DreamBooth-style, identifier + class word); text encoder frozen, run once"
     config_class = FullFinetuneConfig

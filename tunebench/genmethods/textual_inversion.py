@@ -9,26 +9,19 @@ stay bit-identical), and the count is one row, the token width.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from tunebench.genmethods.base import GenerationAdapter
 from tunebench.genmethods.prompting import SlotPrompts, one_token
-from tunebench.methods.base import MethodConfig, hyperparameter
-from tunebench.registry import GENERATION_METHODS
+from tunebench.methods.textual_inversion import TextualInversionConfig
+from tunebench.registry import METHODS
 
 
-@dataclass
-class TextualInversionConfig(MethodConfig):
-    lr: float = hyperparameter(5e-3, "peak learning rate (AdamW, cosine schedule)")
-
-
-@GENERATION_METHODS.register("textual-inversion")
+@METHODS.register("textual-inversion")
 class TextualInversion(GenerationAdapter):
     summary = "new input token for the concept; text encoder forward+backward every step"
-    config_class = TextualInversionConfig
+    config_class = TextualInversionConfig  # the same settings as on the other tasks
     text_encoder_per_step = True
 
     def __init__(self, model, concept, config) -> None:

@@ -1,17 +1,39 @@
-"""The method-adapter interface: what a tuning method must say and do.
+"""The method-adapter interface, and the contract between tasks and methods.
 
 An adapter wraps a backbone for one task's classes. It decides which parameters
 train (freezing everything else), how class embeddings are produced, and what its
 saveable artifact is. The runner knows no method by name: everything it needs is
-here. Tasks score images through ``scorer()`` (one class side for all images by
-default; CoCoOp conditions it on each image) and, for base-to-new generalisation,
-through ``new_class_scorer(classes)``: what the method does on classes it never
-trained on, from their names alone. Every method defines that one and says what it
-does in its docstring.
+here.
 
-To add a method: one module in ``tunebench/methods/`` with a config dataclass and a
-subclass of ``MethodAdapter`` decorated with ``@METHODS.register("name")``. The
-package imports every module in its folder, so no other file changes.
+The contract, written down on both sides:
+
+- each task says which hooks it calls: a ``hooks`` ClassVar on the task class,
+  naming hooks of the adapter interface it drives (``MethodAdapter.HOOKS`` here,
+  ``GenerationAdapter.HOOKS`` in ``genmethods/base.py``);
+- each method says which tasks it serves: its ``tasks`` ClassVar, by which
+  ``@METHODS.register`` files it (one name, one entry, one class per task);
+- ``check_contract`` (run by ``resolve_method``, so by every task's ``validate``
+  before anything runs) refuses, in one line, a method that does not serve the task
+  and a method that overrides a hook the task never calls (that behaviour would be
+  silently ignored while its parameters still counted as trained).
+
+Which hooks the tasks call (``tunebench list methods`` prints the method × task matrix):
+
+    fewshot-cls  forward (training) and embed_images + scorer (evaluation); by default
+                 embed_images projects, normalises and calls refine_image_embeddings,
+                 and scorer scores through class_embeddings, head and logit_scale
+    base2new     the same, plus new_class_scorer(classes) for the unseen half
+    detect       class_embeddings, and refine_image_embeddings on every region
+                 embedding (the detector's own projection, already normalised)
+    align        none: it trains what the method unfroze in the towers, through the
+                 backbone, and scores with the backbone
+
+``class_embeddings`` and ``new_class_scorer`` are required of every method (each
+method's ``new_class_scorer`` docstring says what it does on classes it never
+trained on); the others have defaults. To add a method see docs/adding-a-method.md:
+one module in ``tunebench/methods/`` with a config dataclass and a subclass of
+``MethodAdapter`` decorated with ``@METHODS.register("name")``. The package imports
+every module in its folder, so no other file changes.
 """
 
 from __future__ import annotations
@@ -27,7 +49,7 @@ from torch import nn
 
 from tunebench.errors import ConfigError
 from tunebench.models.base import VisionLanguageBackbone, count_parameters
-from tunebench.registry import method_registry
+from tunebench.registry import METHODS, TASKS
 
 # Logits (N, C) from L2-normalised joint-space image embeddings (N, D). A scorer holds
 # whatever text side it needs, computed once when it was made.
@@ -41,11 +63,16 @@ def hyperparameter(default, help: str):
     return field(default=default, metadata={"help": help})
 
 
+def learning_rate(default: float, note: str = ""):
+    """The ``lr`` field of a method's config, with its own default."""
+    return hyperparameter(default, "peak learning rate (AdamW, cosine schedule)" + (f"; {note}" if note else ""))
+
+
 @dataclass
 class MethodConfig:
     """Settings every method has; subclasses add their own fields."""
 
-    lr: float = hyperparameter(1e-3, "peak learning rate (AdamW, cosine schedule)")
+    lr: float = learning_rate(1e-3)
     weight_decay: float = hyperparameter(0.0, "AdamW weight decay")
 
     def __post_init__(self) -> None:
@@ -78,7 +105,7 @@ class TrainableParts:
         return count_parameters(p for _, p in self.trainable_named_parameters())
 
     def total_count(self) -> int:
-        """The wrapped model plus anything the method adds (adapters, prompts, heads),
+        """The wrapped model plus anything the method adds (bottlenecks, prompts, heads),
         each shared tensor once."""
         return count_parameters(self.parameters())
 
@@ -90,25 +117,21 @@ class TrainableParts:
 class MethodAdapter(TrainableParts, nn.Module, ABC):
     """Base class. Subclasses create their parameters in ``__init__`` after super()."""
 
-    name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    # The tasks this method serves (``@METHODS.register`` files it under each). By
+    # default those that score with class embeddings; methods that tune tower weights
+    # add ``align``; methods without one (C, D) class-embedding matrix drop ``detect``.
+    tasks: ClassVar[tuple[str, ...]] = ("fewshot-cls", "base2new", "detect")
+    # The hooks a task may call (a task's ``hooks`` names the ones it does).
+    HOOKS: ClassVar[tuple[str, ...]] = ("class_embeddings", "new_class_scorer", "forward", "embed_images",
+                                        "refine_image_embeddings", "scorer", "head", "logit_scale")
     # False for methods that use no training data (zero-shot): the sweep then runs
     # them once per dataset instead of once per shot count and seed.
     trains: ClassVar[bool] = True
     # A config field that a method name may set after a colon: ``lit:bitfit`` is
     # ``lit`` with ``preset: bitfit``, so one sweep can compare variants side by side.
     variant_field: ClassVar[str | None] = None
-    # True for methods that train tower weights rather than class embeddings, and so
-    # can align towers from captions (the align task); class-embedding methods cannot.
-    tunes_towers: ClassVar[bool] = False
-    # False for methods that classify with a head of their own (linear-probe) instead of
-    # class embeddings, which tasks that score regions or captions need.
-    uses_class_embeddings: ClassVar[bool] = True
-    # True for methods whose class prompts are encoded anew for every image (CoCoOp):
-    # they have no single (C, D) class-embedding matrix, only ``scorer()``, so tasks
-    # that score regions or captions against class embeddings cannot use them.
-    per_image_prompts: ClassVar[bool] = False
 
     def __init__(
         self, backbone: VisionLanguageBackbone, classes: ClassPrompts, config: MethodConfig
@@ -125,7 +148,15 @@ class MethodAdapter(TrainableParts, nn.Module, ABC):
         """(C, D) L2-normalised class embeddings in the joint space (None if unused)."""
 
     def embed_images(self, trunk_features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.backbone.project_image(trunk_features), dim=-1)
+        """(N, D) L2-normalised joint-space embeddings of whole images, from trunk features."""
+        return self.refine_image_embeddings(F.normalize(self.backbone.project_image(trunk_features), dim=-1))
+
+    def refine_image_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The method's own image side: (N, D) L2-normalised joint-space embeddings in,
+        the same out. Classification calls it on every image (through embed_images),
+        detection on every region. The identity unless a method trains an image side
+        (a CLIP-Adapter-style residual MLP): overriding this one hook serves both."""
+        return embeddings
 
     def logit_scale(self) -> torch.Tensor:
         """CLIP's inverse softmax temperature, clamped at 100 as CLIP clamps it."""
@@ -177,16 +208,40 @@ class MethodAdapter(TrainableParts, nn.Module, ABC):
 def resolve_method(name: str, task: str | None = None) -> tuple[type, dict]:
     """``cones`` -> (Cones, {}); ``lit:bitfit`` -> (Lit, {"preset": "bitfit"}).
 
-    ``task`` picks the method family: a task may bring its own (see
-    ``registry.method_registry``); without one, the classification family.
+    ``task`` picks the class among the method's implementations (without one:
+    ``fewshot-cls``), and the contract is checked (``check_contract``).
     """
+    task = task or "fewshot-cls"
     base, _, variant = name.partition(":")
-    method_cls = method_registry(task).get(base)
+    method_cls = METHODS.for_task(base, task)
+    check_contract(method_cls, task, base)
     if not variant:
         return method_cls, {}
     if method_cls.variant_field is None:
         raise ConfigError(f"method {base!r} has no variants: write {base!r} without ':{variant}'")
     return method_cls, {method_cls.variant_field: variant}
+
+
+def check_contract(method_cls: type, task: str, name: str) -> None:
+    """Refuse, in one line, a method whose overridden hooks ``task`` would ignore, or
+    whose interface lacks a hook the task calls. A hook without a default (abstract)
+    is required of every method, so only hooks with a default are compared: a
+    subclass attribute that is not the interface's own is an override."""
+    interface = next(c for c in method_cls.__mro__ if "HOOKS" in vars(c))
+    calls = TASKS.get(task).hooks
+    lacking = sorted(set(calls) - set(interface.HOOKS))
+    if lacking:
+        raise ConfigError(f"the {task} task calls {', '.join(lacking)}, which method {name!r} "
+                          f"({interface.__name__}) has not: drop {task!r} from its tasks")
+    for hook in interface.HOOKS:
+        default = getattr(interface, hook)
+        if hook in calls or getattr(default, "__isabstractmethod__", False):
+            continue
+        if getattr(method_cls, hook) is not default:
+            called = ", ".join(sorted(calls)) or "no method hook"
+            raise ConfigError(f"method {name!r} overrides {hook}(), which the {task} task never calls "
+                              f"(it calls {called}): move that behaviour into a hook {task} calls, "
+                              f"or drop {task!r} from {method_cls.__name__}.tasks")
 
 
 def merge_variant(name: str, task: str | None, values: dict | None) -> tuple[type, dict]:
@@ -205,7 +260,7 @@ def merge_variant(name: str, task: str | None, values: dict | None) -> tuple[typ
 
 def text_side_trains(adapter: nn.Module) -> bool:
     """True when the text encoder's output depends on anything that trains: a text-tower
-    weight, or a part the method adds (bottleneck adapters hook the text blocks). When
+    weight, or a part the method adds (LilT's bottlenecks hook the text blocks). When
     False, fixed prompts give the same pooled features every step."""
     if any(p.requires_grad for p in adapter.backbone.text_tower.parameters()):
         return True

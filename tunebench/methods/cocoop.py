@@ -43,7 +43,9 @@ class Cocoop(Coop):
     summary = ("CoOp's context + a meta-net token from each image (CoCoOp); "
                "text encoder fwd+bwd over classes × images each step")
     config_class = CocoopConfig
-    per_image_prompts = True
+    # Its class prompts depend on each whole image (scorer), so it has no class-embedding
+    # matrix for detector regions to score against: not detect.
+    tasks = ("fewshot-cls", "base2new")
 
     def __init__(self, backbone, classes, config) -> None:
         super().__init__(backbone, classes, config)

@@ -14,14 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunebench.methods.base import MethodAdapter, MethodConfig, hyperparameter
+from tunebench.methods.base import MethodAdapter, MethodConfig, learning_rate
 from tunebench.methods.zero_shot import prompt_ensemble_embeddings
 from tunebench.registry import METHODS
 
 
 @dataclass
 class ConesConfig(MethodConfig):
-    lr: float = hyperparameter(5e-3, "peak learning rate (AdamW, cosine schedule)")
+    lr: float = learning_rate(5e-3)
 
 
 @METHODS.register("cones")

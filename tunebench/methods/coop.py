@@ -13,14 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunebench.methods.base import MethodAdapter, MethodConfig, hyperparameter
+from tunebench.methods.base import MethodAdapter, MethodConfig, hyperparameter, learning_rate
 from tunebench.methods.prompts import PLACEHOLDER, SlotPrompts, word_embedding
 from tunebench.registry import METHODS
 
 
 @dataclass
 class CoopConfig(MethodConfig):
-    lr: float = hyperparameter(2e-3, "peak learning rate (AdamW, cosine schedule)")
+    lr: float = learning_rate(2e-3)
     n_ctx: int = hyperparameter(4, "number of learned context vectors")
     ctx_init: str = hyperparameter(
         "a photo of a", "words whose embeddings initialise the context ('' = random)"

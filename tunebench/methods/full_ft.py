@@ -7,14 +7,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tunebench.methods.base import MethodAdapter, MethodConfig, hyperparameter
+from tunebench.methods.base import MethodAdapter, MethodConfig, hyperparameter, learning_rate
 from tunebench.methods.prompts import FixedPrompts, single_prompt_embeddings
 from tunebench.registry import METHODS
 
 
 @dataclass
 class FullFinetuneConfig(MethodConfig):
-    lr: float = hyperparameter(2e-5, "peak learning rate (AdamW, cosine schedule)")
+    lr: float = learning_rate(2e-5)
     weight_decay: float = hyperparameter(0.01, "AdamW weight decay")
 
 
@@ -22,7 +22,7 @@ class FullFinetuneConfig(MethodConfig):
 class FullFinetune(MethodAdapter):
     summary = "every backbone parameter trains; images go through the image tower each step"
     config_class = FullFinetuneConfig
-    tunes_towers = True
+    tasks = (*MethodAdapter.tasks, "align")  # it trains the towers, so it can align them
 
     def __init__(self, backbone, classes, config) -> None:
         super().__init__(backbone, classes, config)

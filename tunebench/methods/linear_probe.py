@@ -7,13 +7,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tunebench.methods.base import MethodAdapter, MethodConfig, hyperparameter
+from tunebench.methods.base import MethodAdapter, MethodConfig, hyperparameter, learning_rate
 from tunebench.registry import METHODS
 
 
 @dataclass
 class LinearProbeConfig(MethodConfig):
-    lr: float = hyperparameter(1e-2, "peak learning rate (AdamW, cosine schedule)")
+    lr: float = learning_rate(1e-2)
     weight_decay: float = hyperparameter(1e-4, "AdamW weight decay")
     temperature: float = hyperparameter(
         0.05, "features are L2-normalised, so logits are scaled by 1/temperature"
@@ -24,7 +24,9 @@ class LinearProbeConfig(MethodConfig):
 class LinearProbe(MethodAdapter):
     summary = "linear head (weights + bias) on frozen image features; text unused"
     config_class = LinearProbeConfig
-    uses_class_embeddings = False
+    # It classifies with a head of its own, not class embeddings, so it cannot score
+    # detector regions (or anything but the classes it trained on): not detect.
+    tasks = ("fewshot-cls", "base2new")
 
     def __init__(self, backbone, classes, config) -> None:
         super().__init__(backbone, classes, config)

@@ -1,18 +1,18 @@
 """lit: partial unfreezing by named parameter groups (LiT / LilT / BitFit as presets).
 
 Which parameters train is data: a list of group names that the backbone resolves
-to parameter-name patterns, plus optional bottleneck adapters (LilT: a down- and
-up-projection with reduction 4 after each text transformer block, the up-projection
-zero-initialised so tuning starts from the pretrained function). The image tower is
-locked unless the groups name it (preset ``all``), as in LiT, which also lets the
-runner use cached image features.
+to parameter-name patterns, plus optional bottlenecks (group ``bottleneck``, LilT's
+"adapters": a down- and up-projection with reduction 4 after each text transformer
+block, the up-projection zero-initialised so tuning starts from the pretrained
+function). The image tower is locked unless the groups name it (preset ``all``), as
+in LiT, which also lets the runner use cached image features.
 
 The presets are the unfreezing ladder of the LilT study: ``projection`` (both towers
 frozen), then + ``layernorm``, + ``bias`` (BitFit), + ``attention``, ``lilt``
-(bottleneck adapters + LayerNorms), ``lit`` (locked image, free text tower) and
+(bottlenecks + LayerNorms), ``lit`` (locked image, free text tower) and
 ``all`` (everything, CLIP-style). Pretrained tower weights may take a smaller learning
-rate than the new parts (``pretrained_lr``): projections and adapters start random or
-at zero, while a pretrained encoder is easily pushed off what it knows.
+rate than the new parts (``pretrained_lr``): projections and bottlenecks start random
+or at zero, while a pretrained encoder is easily pushed off what it knows.
 """
 
 from __future__ import annotations
@@ -23,15 +23,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunebench.methods.base import MethodAdapter, MethodConfig, hyperparameter, text_side_trains
+from tunebench.methods.base import (
+    MethodAdapter,
+    MethodConfig,
+    hyperparameter,
+    learning_rate,
+    text_side_trains,
+)
 from tunebench.methods.prompts import FixedPrompts, single_prompt_embeddings
 from tunebench.models.base import DETECTION_GROUP_NAMES, GROUP_NAMES
 from tunebench.registry import METHODS
 
-ADAPTER = "adapter"
-KNOWN_GROUPS = GROUP_NAMES + DETECTION_GROUP_NAMES + (ADAPTER,)
+# LilT calls these "adapters"; here every method is an adapter, so the group is named
+# for what it adds. No committed record or sweep names the group, so no alias is kept.
+BOTTLENECK = "bottleneck"
+KNOWN_GROUPS = GROUP_NAMES + DETECTION_GROUP_NAMES + (BOTTLENECK,)
 PRESETS: dict[str, list[str]] = {
-    "lilt": [ADAPTER, "layernorm", "projection"],  # LilT's recipe
+    "lilt": [BOTTLENECK, "layernorm", "projection"],  # LilT's recipe
     "bitfit": ["bias", "projection"],
     "layernorm": ["layernorm", "projection"],
     "attention": ["attention", "projection"],
@@ -46,14 +54,16 @@ PRESETS: dict[str, list[str]] = {
 
 @dataclass
 class LitConfig(MethodConfig):
-    lr: float = hyperparameter(1e-3, "peak learning rate (AdamW, cosine schedule)")
+    lr: float = learning_rate(1e-3)
     preset: str = hyperparameter("lilt", f"named group list, one of {sorted(PRESETS)}")
     groups: list = hyperparameter([], "explicit groups (overrides preset): " + ", ".join(KNOWN_GROUPS))
     lock_image_tower: bool | None = hyperparameter(
         None, "never train image-tower parameters (null: locked unless the groups name image_tower or image_norm)")
-    adapter_reduction: int = hyperparameter(4, "bottleneck adapter width = text width / reduction")
+    # The name predates the group's rename; it stays because it is in every stored lit
+    # cell's config, whose hash it is part of.
+    adapter_reduction: int = hyperparameter(4, "bottleneck width = text width / reduction")
     pretrained_lr: float | None = hyperparameter(
-        None, "learning rate for pretrained tower weights (null: same as lr); projections, adapters use lr")
+        None, "learning rate for pretrained tower weights (null: same as lr); projections, bottlenecks use lr")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -81,7 +91,9 @@ class LitConfig(MethodConfig):
         return self.lock_image_tower
 
 
-class BottleneckAdapter(nn.Module):
+class Bottleneck(nn.Module):
+    """LilT's residual bottleneck MLP on a text block's output, starting as the identity."""
+
     def __init__(self, width: int, reduction: int) -> None:
         super().__init__()
         self.down = nn.Linear(width, max(1, width // reduction))
@@ -93,13 +105,13 @@ class BottleneckAdapter(nn.Module):
         return hidden + self.up(F.gelu(self.down(hidden)))
 
 
-def _adapt_output(adapter: BottleneckAdapter):
-    """Forward hook applying ``adapter`` to a block's hidden-state output (tensor or tuple)."""
+def _through(bottleneck: Bottleneck):
+    """Forward hook passing a block's hidden-state output (tensor or tuple) through ``bottleneck``."""
 
     def hook(module, args, output):
         if isinstance(output, tuple):
-            return (adapter(output[0]), *output[1:])
-        return adapter(output)
+            return (bottleneck(output[0]), *output[1:])
+        return bottleneck(output)
 
     return hook
 
@@ -109,7 +121,7 @@ class Lit(MethodAdapter):
     summary = "partial unfreezing by named groups (presets: " + ", ".join(PRESETS) + ")"
     config_class = LitConfig
     variant_field = "preset"
-    tunes_towers = True  # can run the align task: what it trains is inside the towers
+    tasks = (*MethodAdapter.tasks, "align")  # what it trains is inside the towers, so it can align them
 
     def __init__(self, backbone, classes, config) -> None:
         super().__init__(backbone, classes, config)
@@ -117,19 +129,19 @@ class Lit(MethodAdapter):
         image_names = {f"image_tower.{n}" for n, _ in backbone.image_tower.named_parameters()}
         parameters = dict(backbone.named_parameters())
         for group in groups:
-            if group == ADAPTER:
+            if group == BOTTLENECK:
                 continue
             for name in backbone.parameter_group(group):
                 if config.image_tower_locked and name in image_names:
                     continue
                 parameters[name].requires_grad_(True)
-        self.adapters = nn.ModuleList()
-        if ADAPTER in groups:
+        self.bottlenecks = nn.ModuleList()
+        if BOTTLENECK in groups:
             for block in backbone.text_blocks():
-                adapter = BottleneckAdapter(backbone.text_width, config.adapter_reduction)
-                block.register_forward_hook(_adapt_output(adapter))
-                self.adapters.append(adapter)
-        # Tasks without classes (align) pass none: the adapter then only tunes the towers.
+                bottleneck = Bottleneck(backbone.text_width, config.adapter_reduction)
+                block.register_forward_hook(_through(bottleneck))
+                self.bottlenecks.append(bottleneck)
+        # Tasks without classes (align) pass none: the method then only tunes the towers.
         self.prompts = (
             FixedPrompts(backbone, [classes.templates[0].format(c) for c in classes.classnames])
             if classes.classnames else None
@@ -151,7 +163,7 @@ class Lit(MethodAdapter):
         return F.normalize(self.prompts.encode(self.backbone), dim=-1)
 
     def new_class_scorer(self, classes):
-        """The new names in the same single prompt, through the tuned towers (adapters included)."""
+        """The new names in the same single prompt, through the tuned towers (bottlenecks included)."""
         return self.score_with(single_prompt_embeddings(self.backbone, classes))
 
     def optimizer_groups(self) -> list[dict]:

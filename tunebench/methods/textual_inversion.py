@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunebench.methods.base import MethodAdapter, MethodConfig, hyperparameter
+from tunebench.methods.base import MethodAdapter, MethodConfig, learning_rate
 from tunebench.methods.prompts import (
     PLACEHOLDER,
     SlotPrompts,
@@ -26,7 +26,7 @@ from tunebench.registry import METHODS
 
 @dataclass
 class TextualInversionConfig(MethodConfig):
-    lr: float = hyperparameter(5e-3, "peak learning rate (AdamW, cosine schedule)")
+    lr: float = learning_rate(5e-3)
 
 
 @METHODS.register("textual-inversion")

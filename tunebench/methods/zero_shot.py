@@ -23,6 +23,7 @@ def prompt_ensemble_embeddings(backbone, classes) -> torch.Tensor:
 class ZeroShot(MethodAdapter):
     summary = "class-prompt ensemble through the frozen text encoder; no training"
     trains = False
+    tasks = (*MethodAdapter.tasks, "align")  # on align: the towers as they are, the baseline
 
     def __init__(self, backbone, classes, config) -> None:
         super().__init__(backbone, classes, config)

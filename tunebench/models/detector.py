@@ -198,16 +198,20 @@ class Detector(nn.Module):
 
     def losses(
         self, image_tower: nn.Module, images: ImageList, targets: list[dict], class_embeddings: torch.Tensor,
-        *, train_tower: bool, distill_weight: float = 0.0,
+        *, train_tower: bool, distill_weight: float = 0.0, refine=None,
     ) -> dict[str, torch.Tensor]:
         """Every detection loss for one batch: RPN, region classification against the
         class embeddings, class-agnostic box regression and masks (and, when asked,
-        distillation of region embeddings towards ``target["embeddings"]``)."""
+        distillation of region embeddings towards ``target["embeddings"]``). ``refine``,
+        when given, maps the region embeddings before they are scored (a tuning
+        method's image side)."""
         features = self.features(image_tower, images.tensors, train_tower=train_tower)
         proposals, losses = self.propose(images, features, targets, training=True)
         boxes, labels, matched = self.sample_regions(proposals, targets)
         region = self.region_features(features, boxes, images.image_sizes)
         embeddings = self.embed(region)
+        if refine is not None:
+            embeddings = refine(embeddings)
         label = torch.cat(labels)
         losses["loss_classifier"] = F.cross_entropy(self.logits(embeddings, class_embeddings).float(), label)
         fg = torch.where(label > 0)[0]

@@ -69,6 +69,9 @@ class Align:
     config_class = AlignConfig
     # The sweep's `shots` axis counts training pairs here.
     shots_unit = "pairs"
+    # No method hook: a run trains what the method unfroze in the towers and scores
+    # through the backbone, so methods that serve align (lit, full-ft, zero-shot) say so.
+    hooks = frozenset()
 
     def validate(self, config: RunConfig) -> None:
         refuse_detectors(config)
@@ -77,9 +80,6 @@ class Align:
             raise ConfigError(f"align needs an image-caption dataset; {config.dataset!r} is not one "
                               f"(try scenes or fashion-captions)")
         method_cls, _ = method_and_settings(config)
-        if method_cls.trains and not getattr(method_cls, "tunes_towers", False):
-            raise ConfigError(f"method {config.method!r} learns class embeddings, which align has "
-                              f"none of; use lit (any preset), full-ft or zero-shot")
         settings = build_dataclass(AlignConfig, config.task_config, "task_config")
         for name in settings.zero_shot_datasets:
             if not isinstance(load_dataset(name), ClassificationDataset):

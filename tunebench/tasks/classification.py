@@ -45,6 +45,11 @@ class TrainingClasses:
 @TASKS.register("fewshot-cls")
 class FewShotClassification:
     summary = "few-shot image classification, K shots per class (CoOp protocol); metric: top-1"
+    # The MethodAdapter hooks this task calls (the contract, see methods/base.py): the
+    # adapter's forward while training, embed_images and scorer when scoring, and what
+    # their defaults call.
+    hooks = frozenset({"class_embeddings", "forward", "embed_images", "refine_image_embeddings",
+                       "scorer", "head", "logit_scale"})
 
     def training_classes(self, dataset: ClassificationDataset) -> TrainingClasses:
         return TrainingClasses(dataset)

@@ -6,7 +6,10 @@ base and novel, as in generalised few-shot detection) drawn from the dataset's
 and segm AP on novel and base classes apart.
 
 The detector classifies regions by their cosine to the method's class embeddings
-(``models/detector.py``), so the classification methods run unchanged:
+(``models/detector.py``), so the classification methods run unchanged. The task calls
+two method hooks: ``class_embeddings`` and ``refine_image_embeddings`` on every region
+embedding (the identity unless the method trains an image side, CLIP-Adapter-style;
+its parameters then train on the cached regions like class embeddings do).
 
 - methods that only learn class embeddings (zero-shot, cones, coop,
   textual-inversion) leave the detector frozen. Its regions are computed once per
@@ -72,21 +75,17 @@ class Detect:
     summary = "few-shot open-vocabulary detection + instance segmentation; metric: COCO bbox/segm AP (novel, base)"
     config_class = DetectConfig
     shots_unit = "images per class"
+    # The MethodAdapter hooks this task calls (see methods/base.py). Region embeddings
+    # arrive through the detector's own projection, L2-normalised (that is what the
+    # region cache holds), and go through the method's refine_image_embeddings.
+    hooks = frozenset({"class_embeddings", "refine_image_embeddings"})
 
     def validate(self, config: RunConfig) -> None:
         dataset = load_dataset(config.dataset)
         if not isinstance(dataset, DetectionDataset):
             raise ConfigError(f"detect needs a detection dataset (det-mnist, det-textile, coco:PATH); "
                               f"{config.dataset!r} is not one")
-        method_cls, _ = method_and_settings(config)
-        if not getattr(method_cls, "uses_class_embeddings", True):
-            raise ConfigError(f"method {config.method!r} has its own classifier head, not class embeddings, "
-                              "so it cannot score detector regions; use zero-shot, cones, coop, "
-                              "textual-inversion, lit or full-ft")
-        if method_cls.per_image_prompts:
-            raise ConfigError(f"method {config.method!r} encodes its class prompts anew for each whole image, "
-                              "so it has no class embeddings to score detector regions with; use zero-shot, "
-                              "cones, coop, textual-inversion, lit or full-ft")
+        method_cls, _ = method_and_settings(config)  # a method that does not serve detect stops here
         if not is_detection_backbone(config.backbone):
             raise ConfigError(f"backbone {config.backbone!r} has no detector: use mini-det, or det:NAME "
                               f"for a detector on backbone NAME")
@@ -137,7 +136,8 @@ class Detect:
             with torch.no_grad(), autocast_for(device, train_cfg.precision):
                 classes = adapter.class_embeddings().float()
             check_finite_logits(classes, "class embeddings")  # every region would score NaN
-            dets = {p: detections(regions[p], classes, backbone.detector, tuple(test.load(p).shape[:2]))
+            dets = {p: detections(_refined(adapter, regions[p], device, train_cfg.precision), classes,
+                                  backbone.detector, tuple(test.load(p).shape[:2]))
                     for p in test_positions}
             metrics = coco_metrics(test, dataset, coco_results(test, dets, dataset.category_ids),
                                    [test.image_id(p) for p in test_positions])
@@ -162,6 +162,14 @@ class Detect:
             image_input="pixels" if live else "cached-regions",
             pictures=pictures,
         )
+
+
+@torch.no_grad()
+def _refined(adapter, regions: dict, device, precision) -> dict:
+    """One image's regions with the method's image side applied to their embeddings."""
+    with autocast_for(device, precision):
+        embeddings = adapter.refine_image_embeddings(regions["embeddings"].to(device))
+    return {**regions, "embeddings": embeddings.float()}
 
 
 def picture_positions(split: DetectionSplit, positions: list[int], count: int, novel: list[int]) -> list[int]:
@@ -217,7 +225,8 @@ def _train_cached(adapter, regions: dict[int, dict], positions, config: RunConfi
             embeddings.append(region["embeddings"][keep])
             labels.append(region["labels"][keep])
         with autocast_for(device, train_cfg.precision):
-            logits = detector.logits(torch.cat(embeddings).to(device), adapter.class_embeddings())
+            refined = adapter.refine_image_embeddings(torch.cat(embeddings).to(device))
+            logits = detector.logits(refined, adapter.class_embeddings())
         loss = F.cross_entropy(logits.float(), torch.cat(labels).to(device))
         loss_value = optimizer_step(loss, optimizer, scheduler, params, grad_clip=train_cfg.grad_clip, step=step)
     check_finite_parameters(params, steps=train_cfg.steps)
@@ -241,7 +250,7 @@ def _train_live(adapter, split, positions, config: RunConfig, device) -> dict:
                    for p in chosen]
         with autocast_for(device, train_cfg.precision):
             losses = backbone.detector.losses(backbone.image_tower, images, targets, adapter.class_embeddings(),
-                                              train_tower=train_tower)
+                                              train_tower=train_tower, refine=adapter.refine_image_embeddings)
         loss = sum(v.float() for v in losses.values())
         loss_value = optimizer_step(loss, optimizer, scheduler, params, grad_clip=train_cfg.grad_clip, step=step)
     check_finite_parameters(params, steps=train_cfg.steps)

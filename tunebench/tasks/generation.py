@@ -45,7 +45,7 @@ from tunebench.datasets import load_dataset
 from tunebench.datasets.concepts import ConceptDataset
 from tunebench.errors import ConfigError
 from tunebench.genmethods.base import ConceptPrompts
-from tunebench.registry import BACKBONES, GENERATION_METHODS, TASKS
+from tunebench.registry import BACKBONES, TASKS
 from tunebench.tasks.base import TaskContext, TaskResult, method_and_settings
 from tunebench.tasks.gen_eval import Evaluator
 
@@ -109,7 +109,7 @@ class Generation:
     summary = ("personalised text-to-image: learn a held-out concept from K images; "
                "metrics: fidelity, CLIP-I, CLIP-T, diversity, time to a fidelity threshold")
     config_class = GenerationSettings
-    method_registry = GENERATION_METHODS
+    hooks = frozenset({"conditioning"})  # GenerationAdapter's one hook
     shots_unit = "reference images"
 
     def validate(self, config: RunConfig) -> None:

@@ -1,10 +1,14 @@
-"""lit: only named UNet parameters train, by default the cross-attention key and value
-projections (Custom-Diffusion-style: what maps text states into the image).
+"""unet-attn: only named UNet attention parameters train, by default the cross-attention
+key and value projections (Custom-Diffusion-style: what maps text states into the image).
 
-Presets are data: name-pattern lists over the UNet's parameter names (``lit:PRESET``
-in a sweep). Prompts are DreamBooth's "<identifier> <initializer>", encoded once by the
-frozen text encoder; Custom Diffusion's optional extra learned token is left out, so
-the run isolates what the K/V weights alone can learn.
+Presets are data: name-pattern lists over the UNet's parameter names
+(``unet-attn:PRESET`` in a sweep). Prompts are DreamBooth's "<identifier> <initializer>",
+encoded once by the frozen text encoder; Custom Diffusion's optional extra learned
+token is left out, so the run isolates what the K/V weights alone can learn.
+
+This method was called ``lit`` on generation when the committed results were made;
+``registry.RENAMED_METHODS`` keeps that name resolving here and keeps the cells'
+hashes, so ``bench-gen.yaml`` says ``unet-attn`` and still finds them.
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ import re
 from dataclasses import dataclass
 
 from tunebench.genmethods.full_ft import IdentifierConfig, IdentifierPromptAdapter
-from tunebench.methods.base import hyperparameter
-from tunebench.registry import GENERATION_METHODS
+from tunebench.methods.base import hyperparameter, learning_rate
+from tunebench.registry import METHODS
 
 PRESETS = {
     "kv": (r"\.attn2\.to_k\.", r"\.attn2\.to_v\."),  # Custom Diffusion
@@ -24,8 +28,8 @@ PRESETS = {
 
 
 @dataclass
-class LitGenerationConfig(IdentifierConfig):
-    lr: float = hyperparameter(5e-3, "peak learning rate (AdamW, cosine schedule); tuned on mini-t2i")
+class UnetAttentionConfig(IdentifierConfig):
+    lr: float = learning_rate(5e-3, "tuned on mini-t2i")
     preset: str = hyperparameter("kv", f"UNet parameters that train: {', '.join(PRESETS)}")
 
     def __post_init__(self) -> None:
@@ -34,10 +38,10 @@ class LitGenerationConfig(IdentifierConfig):
             raise ValueError(f"unknown preset {self.preset!r}; valid: {', '.join(PRESETS)}")
 
 
-@GENERATION_METHODS.register("lit")
-class LitGeneration(IdentifierPromptAdapter):
+@METHODS.register("unet-attn")
+class UnetAttention(IdentifierPromptAdapter):
     summary = "UNet cross-attention key/value only (Custom-Diffusion-style; presets kv, cross-attn, attn)"
-    config_class = LitGenerationConfig
+    config_class = UnetAttentionConfig
     variant_field = "preset"
 
     def __init__(self, model, concept, config) -> None:
