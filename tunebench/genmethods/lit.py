@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from tunebench.display import Display
 from tunebench.genmethods.full_ft import IdentifierConfig, IdentifierPromptAdapter
 from tunebench.methods.base import hyperparameter
 from tunebench.registry import GENERATION_METHODS
@@ -37,6 +38,12 @@ class LitGenerationConfig(IdentifierConfig):
 @GENERATION_METHODS.register("lit")
 class LitGeneration(IdentifierPromptAdapter):
     summary = "UNet cross-attention key/value only (Custom-Diffusion-style; presets kv, cross-attn, attn)"
+    display = {
+        "": Display(order=58, colour="#E69F00", marker="v"),
+        "kv": Display(order=60, colour="#882255", marker="h"),
+        "cross-attn": Display(order=61, colour="#999933", marker="<"),
+        "attn": Display(order=62, colour="#332288", marker="p"),
+    }
     config_class = LitGenerationConfig
     variant_field = "preset"
 

@@ -17,7 +17,7 @@ package imports every module in its folder, so no other file changes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunebench.display import Display
 from tunebench.errors import ConfigError
 from tunebench.models.base import VisionLanguageBackbone, count_parameters
 from tunebench.registry import method_registry
@@ -99,6 +100,9 @@ class MethodAdapter(TrainableParts, nn.Module, ABC):
     # A config field that a method name may set after a colon: ``lit:bitfit`` is
     # ``lit`` with ``preset: bitfit``, so one sweep can compare variants side by side.
     variant_field: ClassVar[str | None] = None
+    # Place, colour and marker in the report (tunebench.display); a mapping per variant
+    # for methods with variants. None: the report derives them from the name.
+    display: ClassVar[Display | Mapping[str, Display] | None] = None
     # True for methods that train tower weights rather than class embeddings, and so
     # can align towers from captions (the align task); class-embedding methods cannot.
     tunes_towers: ClassVar[bool] = False

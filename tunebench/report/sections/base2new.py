@@ -1,138 +1,84 @@
-"""The base-to-new track's part of the report, in the literature's form (CoCoOp,
-Table 1): Base, New and H per method, averaged over datasets and per dataset, with
-the training cost beside it, a CSV and figures.
+"""Base-to-new generalisation (task ``base2new``) in the literature's form (CoCoOp,
+Table 1): Base, New and H per method, averaged over datasets and per dataset, with the
+training cost beside it, a CSV and figures.
 
-Runs of task ``base2new`` are grouped per (backbone, shots); methods that train
-nothing (zero-shot, stored at 0 shots) join every group of their backbone as its
-baseline row. As in the literature, H is the harmonic mean of the mean base and mean
-new accuracy (over seeds for a dataset, over datasets for the average), not a mean of
-per-seed H. A method without an answer for unseen classes (linear-probe) shows "—".
-A pure function of the run files, like the rest of the report.
+Runs are grouped per (backbone, shots); methods that train nothing (zero-shot, stored
+at 0 shots) join every group of their backbone as its baseline row. As in the
+literature, H is the harmonic mean of the mean base and mean new accuracy (over seeds
+for a dataset, over datasets for the average), not a mean of per-seed H. A method
+without an answer for unseen classes (linear-probe) shows "—".
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import statistics
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
-from tunebench.bench.report_common import (
+import numpy as np
+import pandas as pd
+from matplotlib.patches import Patch
+
+from tunebench.report import figures
+from tunebench.report.sections import Options, section
+from tunebench.report.style import method_key, style
+from tunebench.report.table import (
+    by_method,
+    g6,
     harmonic_mean,
-    markdown_table,
-    percent_cell,
-    seed_groups,
+    markdown,
+    missing,
+    pm,
+    ratio,
+    seed_cells,
+    seeds_text,
     share,
+    write_csv,
 )
-from tunebench.bench.store import atomic_write_text
 
-TASK = "base2new"
-METRIC = "base"  # every base2new run has it; "new" and "h" are None for linear-probe
-# Metrics that are fractions in [0, 1] (fnmatch patterns); a run outside is not read.
-FRACTIONS = ("base", "new", "h")
 REFERENCE = "cones"  # training time is compared with it (CoCoOp's cost is a finding)
+BARS = (("Base", "#0072B2"), ("New", "#D55E00"), ("H", "#009E73"))  # methods are on the x axis here
+ISO_H = (0.2, 0.4, 0.6, 0.8)
 
 
-def method_key(method: str) -> tuple[int, str]:
-    from tunebench.bench.report import method_sort_key  # one method order for the whole report
-
-    return method_sort_key(method)
-
-
-@dataclass(frozen=True)
-class B2NCell:
-    """All successful seeds of one (backbone, shots, dataset, method)."""
-
-    backbone: str
-    shots: int
-    dataset: str
-    method: str
-    seeds: tuple[int, ...]
-    means: dict[str, float]
-    stds: dict[str, float]
-    train_seconds_mean: float
-    eval_seconds_mean: float
-    trainable_params: int
-    total_params: int
-
-    @property
-    def base(self) -> float:
-        return self.means[METRIC]
-
-    @property
-    def new(self) -> float | None:
-        return self.means.get("new")
-
-    @property
-    def h(self) -> float | None:
-        return harmonic_mean(self.base, self.new)
+def summarise(runs) -> list[dict]:
+    """One cell per (backbone, shots, dataset, method), with ``base``, ``new`` (None
+    without an answer for new classes) and their harmonic mean ``h``."""
+    df = by_method(seed_cells(runs, ["backbone", "shots", "dataset", "method"]), "backbone", "shots", "dataset", "method")
+    out = []
+    for c in df.to_dict("records"):
+        new = None if missing(c.get("new_mean")) else c["new_mean"]
+        out.append({**c, "base": c["base_mean"], "new": new, "h": harmonic_mean(c["base_mean"], new)})
+    return out
 
 
-@dataclass(frozen=True)
-class Average:
-    """One method's mean over the datasets of a group (only if it ran on every one)."""
-
-    method: str
-    base: float
-    new: float | None
-    train_seconds_mean: float
-    trainable_params: int
-
-    @property
-    def h(self) -> float | None:
-        return harmonic_mean(self.base, self.new)
-
-
-def summarise(runs) -> list[B2NCell]:
-    cells = [
-        B2NCell(backbone=backbone, shots=shots, dataset=dataset, method=method, **shared)
-        for (backbone, shots, dataset, method), _, shared in seed_groups(
-            runs, lambda r: (r["backbone"], r["shots"], r["dataset"], r["method"]))
-    ]
-    cells.sort(key=lambda c: (c.backbone, c.shots, c.dataset, method_key(c.method)))
-    return cells
-
-
-def groups_of(cells: list[B2NCell]) -> dict[tuple[str, int], list[B2NCell]]:
+def groups_of(cells: list[dict]) -> dict[tuple[str, int], list[dict]]:
     """Cells per (backbone, shots); untrained cells (0 shots) join every trained group of
     their backbone, and form a group of their own only where nothing trained."""
-    groups: dict[tuple, list[B2NCell]] = defaultdict(list)
+    groups: dict[tuple, list[dict]] = defaultdict(list)
     for c in cells:
-        if c.shots > 0:
-            groups[c.backbone, c.shots].append(c)
+        if c["shots"] > 0:
+            groups[c["backbone"], c["shots"]].append(c)
     for c in cells:
-        if c.shots == 0:
-            homes = [g for g in groups if g[0] == c.backbone and g[1] > 0]
-            for group in homes or [(c.backbone, 0)]:
+        if c["shots"] == 0:
+            for group in [g for g in groups if g[0] == c["backbone"] and g[1] > 0] or [(c["backbone"], 0)]:
                 groups[group].append(c)
-    return {g: sorted(v, key=lambda c: (c.dataset, method_key(c.method))) for g, v in sorted(groups.items())}
+    return {g: sorted(v, key=lambda c: (c["dataset"], method_key(c["method"]))) for g, v in sorted(groups.items())}
 
 
-def averages(cells: list[B2NCell]) -> list[Average]:
+def averages(cells: list[dict]) -> list[dict]:
     """Per method, the mean over datasets of its base and new accuracy (the literature's
     "Average over N datasets"); methods missing a dataset of the group are left out."""
-    datasets = sorted({c.dataset for c in cells})
-    by_method: dict[str, list[B2NCell]] = defaultdict(list)
-    for c in cells:
-        by_method[c.method].append(c)
+    df = pd.DataFrame(cells)
+    datasets = sorted(df.dataset.unique())
     rows = []
-    for method in sorted(by_method, key=method_key):
-        mine = by_method[method]
-        if sorted(c.dataset for c in mine) != datasets:
+    for method, mine in by_method(df, "method").groupby("method", sort=False):
+        if sorted(mine.dataset) != datasets:
             continue
-        news = [c.new for c in mine]
-        rows.append(Average(
-            method=method, base=statistics.fmean(c.base for c in mine),
-            new=None if None in news else statistics.fmean(news),
-            train_seconds_mean=statistics.fmean(c.train_seconds_mean for c in mine),
-            trainable_params=round(statistics.fmean(c.trainable_params for c in mine)),
-        ))
+        new = None if mine.new.isna().any() else mine.new.mean()
+        rows.append({"method": method, "base": mine.base.mean(), "new": new, "h": harmonic_mean(mine.base.mean(), new),
+                     "train_seconds_mean": mine.train_seconds_mean.mean(),
+                     "trainable_params": round(mine.trainable_params.mean())})
     return rows
-
-
-# ---- formatting ----------------------------------------------------------------------
 
 
 def _percent(value: float | None) -> str:
@@ -140,38 +86,119 @@ def _percent(value: float | None) -> str:
 
 
 def _times(seconds: float, reference: float | None) -> str:
-    if reference is None or reference <= 0 or seconds <= 0:
-        return "—"
-    ratio = seconds / reference
-    return f"{ratio:.1f}×" if ratio >= 0.1 else f"{ratio:.2g}×"
+    return "—" if reference is None or reference <= 0 or seconds <= 0 else ratio(seconds / reference)
 
 
-def _average_table(cells: list[B2NCell]) -> list[str]:
+def _average_table(cells: list[dict]) -> list[str]:
     rows = averages(cells)
-    reference = next((r.train_seconds_mean for r in rows if r.method == REFERENCE), None)
-    body = [[f"`{r.method}`", _percent(r.base), _percent(r.new), _percent(r.h), f"{r.trainable_params:,}",
-             f"{r.train_seconds_mean:.1f}", _times(r.train_seconds_mean, reference)] for r in rows]
-    header = ["Method", "Base", "New", "H", "Trainable", "Train s", f"Train vs {REFERENCE}"]
-    n = len({c.dataset for c in cells})
-    return [f"#### Average over {n} dataset{'s' * (n != 1)}", "",
-            *markdown_table(header, body, "l" + "r" * (len(header) - 1)), ""]
+    reference = next((r["train_seconds_mean"] for r in rows if r["method"] == REFERENCE), None)
+    table = pd.DataFrame([[f"`{r['method']}`", _percent(r["base"]), _percent(r["new"]), _percent(r["h"]),
+                           f"{r['trainable_params']:,}", f"{r['train_seconds_mean']:.1f}",
+                           _times(r["train_seconds_mean"], reference)] for r in rows],
+                         columns=["Method", "Base", "New", "H", "Trainable", "Train s", f"Train vs {REFERENCE}"])
+    n = len({c["dataset"] for c in cells})
+    return [f"#### Average over {n} dataset{'s' * (n != 1)}", "", *markdown(table), ""]
 
 
-def _dataset_table(dataset: str, cells: list[B2NCell]) -> list[str]:
-    reference = next((c.train_seconds_mean for c in cells if c.method == REFERENCE), None)
-    body = [[f"`{c.method}`", percent_cell(c, "base"), percent_cell(c, "new"), _percent(c.h), str(len(c.seeds)),
-             f"{c.trainable_params:,}", share(100 * c.trainable_params / c.total_params) if c.total_params else "—",
-             f"{c.train_seconds_mean:.1f}", _times(c.train_seconds_mean, reference), f"{c.eval_seconds_mean:.1f}"]
-            for c in cells]
-    header = ["Method", "Base", "New", "H", "Seeds", "Trainable", "% trainable", "Train s",
-              f"Train vs {REFERENCE}", "Eval s"]
-    return [f"#### {dataset}", "", *markdown_table(header, body, "l" + "r" * (len(header) - 1)), ""]
+def _dataset_table(dataset: str, cells: list[dict]) -> list[str]:
+    reference = next((c["train_seconds_mean"] for c in cells if c["method"] == REFERENCE), None)
+    table = pd.DataFrame(
+        [[f"`{c['method']}`", pm(c, "base"), pm(c, "new"), _percent(c["h"]), str(len(c["seeds"])),
+          f"{c['trainable_params']:,}", share(c["trainable_percent"]), f"{c['train_seconds_mean']:.1f}",
+          _times(c["train_seconds_mean"], reference), f"{c['eval_seconds_mean']:.1f}"] for c in cells],
+        columns=["Method", "Base", "New", "H", "Seeds", "Trainable", "% trainable", "Train s", f"Train vs {REFERENCE}",
+                 "Eval s"])
+    return [f"#### {dataset}", "", *markdown(table), ""]
 
 
-def render_section(cells: list[B2NCell], figure_links: list[tuple[str, str]]) -> list[str]:
-    """Markdown lines for the base-to-new track; empty without base2new runs."""
-    if not cells:
-        return []
+def _panels(cells: list[dict]) -> list[tuple[str, list[dict]]]:
+    """(title, rows) for the average and each dataset; rows have method, base, new, h."""
+    datasets = sorted({c["dataset"] for c in cells})
+    n = len(datasets)
+    panels = [(f"Average over {n} dataset{'s' * (n != 1)}", averages(cells))] if n > 1 else []
+    return panels + [(d, [c for c in cells if c["dataset"] == d]) for d in datasets]
+
+
+def _bars(panels, path: Path, title: str) -> Path:
+    fig, axes = figures.grid(len(panels), width=6.0)
+    width = 0.27
+    for ax, (panel_title, rows) in zip(axes, panels, strict=False):
+        rows = sorted(rows, key=lambda r: method_key(r["method"]))
+        x = np.arange(len(rows))
+        for offset, (name, colour) in zip((-width, 0.0, width), BARS, strict=True):
+            shown = [(xi, 100 * r[name.lower()]) for xi, r in zip(x, rows, strict=True) if r[name.lower()] is not None]
+            if shown:
+                ax.bar([xi + offset for xi, _ in shown], [v for _, v in shown], width, color=colour)
+        ax.set_xticks(x, [r["method"] for r in rows], rotation=40, ha="right")
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("Top-1 accuracy (%)")
+        ax.set_title(panel_title)
+        ax.grid(axis="x", visible=False)
+    names = [n for n, _ in BARS]
+    return figures.finish(fig, {n: Patch(color=c) for n, c in BARS}, path, title, order=names.index, legend_title=None,
+                          subtitle="mean over seeds; no New or H bar: no answer for unseen classes")
+
+
+def _scatter(panels, path: Path, title: str) -> Path:
+    fig, axes = figures.grid(len(panels))
+    handles = {}
+    grid = np.linspace(1, 100, 400)
+    for ax, (panel_title, rows) in zip(axes, panels, strict=False):
+        for h in ISO_H:  # new = h·base / (2·base − h), where that is a valid accuracy
+            b = grid[2 * grid > 100 * h]
+            n = 100 * h * b / (2 * b - 100 * h)
+            keep = n <= 100
+            ax.plot(b[keep], n[keep], color="#BBBBBB", linewidth=0.9, linestyle=":")
+            ax.annotate(f"H={100 * h:.0f}", (100, 100 * h * 100 / (200 - 100 * h)), fontsize=8, color="#888888",
+                        ha="right", va="bottom")
+        for r in sorted(rows, key=lambda r: method_key(r["method"])):
+            if r["new"] is not None:
+                colour, marker = style(r["method"])
+                handles[r["method"]] = ax.plot(100 * r["base"], 100 * r["new"], color=colour, marker=marker,
+                                               linestyle="none", markersize=9, markeredgecolor="white",
+                                               markeredgewidth=0.6)[0]
+        ax.set_xlim(0, 100)
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("Base accuracy (%)")
+        ax.set_ylabel("New accuracy (%)")
+        ax.set_title(panel_title)
+    return figures.finish(fig, handles, path, title, subtitle="mean over seeds; dotted: equal harmonic mean H")
+
+
+def _figures(groups: dict, folder: Path) -> list[tuple[str, Path]]:
+    out = []
+    with figures.styled():
+        for (backbone, shots), cells in groups.items():
+            panels, where = _panels(cells), f"{backbone}, {shots} shots per base class"
+            stem = folder / f"b2n_{figures.slug(backbone)}_{shots}shot"
+            title = f"Base-to-new: Base, New and H ({where})"
+            out.append((title, _bars(panels, stem.with_name(stem.name + "_base_new_h.png"), title)))
+            title = f"Base-to-new: New vs Base ({where})"
+            out.append((title, _scatter(panels, stem.with_name(stem.name + "_new_vs_base.png"), title)))
+    return out
+
+
+def write_summary_csv(cells: list[dict], path: Path) -> Path:
+    table = pd.DataFrame({
+        **{k: [c[k] for c in cells] for k in ("backbone", "shots", "dataset", "method")},
+        "n_seeds": [len(c["seeds"]) for c in cells], "seeds": [seeds_text(c["seeds"]) for c in cells],
+        "base_mean": [g6(c["base"]) for c in cells], "base_std": [g6(c["base_std"]) for c in cells],
+        "new_mean": [g6(c["new"]) for c in cells], "new_std": [g6(c.get("new_std")) for c in cells],
+        "h": [g6(c["h"]) for c in cells], "trainable_params": [c["trainable_params"] for c in cells],
+        "total_params": [c["total_params"] for c in cells],
+        "train_seconds_mean": [g6(c["train_seconds_mean"]) for c in cells],
+        "eval_seconds_mean": [g6(c["eval_seconds_mean"]) for c in cells],
+    })
+    return write_csv(table, path)
+
+
+@section("base2new", position=40, metric="base", fractions=("base", "new", "h"))
+def write(runs: list[dict], results: Path, options: Options) -> tuple[list[str], list[Path]]:
+    if not runs:
+        return [], []
+    cells = summarise(runs)
+    groups = groups_of(cells)
+    written = _figures(groups, results / "figures")
     lines = [
         "## Base-to-new generalisation (task `base2new`)", "",
         "CoCoOp's protocol: classes in label order, the first half (rounded up) are *base*, the "
@@ -183,48 +210,9 @@ def render_section(cells: list[B2NCell], figure_links: list[tuple[str, str]]) ->
         "(linear-probe). *Train vs cones*: training time relative to cones on the same cells; "
         "*Eval s* includes encoding the new classes' prompts (for cocoop, per test image).", "",
     ]
-    for (backbone, shots), group in groups_of(cells).items():
-        lines += [f"### {backbone}, {shots} shots per base class", ""]
-        lines += _average_table(group)
-        by_dataset: dict[str, list[B2NCell]] = defaultdict(list)
-        for c in group:
-            by_dataset[c.dataset].append(c)
-        for dataset in sorted(by_dataset):
-            lines += _dataset_table(dataset, by_dataset[dataset])
-    if figure_links:
-        lines += [f"![{title}]({link})\n" for title, link in figure_links]
-    return lines
-
-
-def write_summary_csv(cells: list[B2NCell], path: Path) -> None:
-    header = ["backbone", "shots", "dataset", "method", "n_seeds", "seeds", "base_mean", "base_std",
-              "new_mean", "new_std", "h", "trainable_params", "total_params", "train_seconds_mean",
-              "eval_seconds_mean"]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-
-    def number(value: float | None) -> str:
-        return "" if value is None else f"{value:.6g}"
-
-    for c in cells:
-        writer.writerow([
-            c.backbone, c.shots, c.dataset, c.method, len(c.seeds), ";".join(map(str, c.seeds)),
-            number(c.base), number(c.stds[METRIC]), number(c.new), number(c.stds.get("new")), number(c.h),
-            c.trainable_params, c.total_params, number(c.train_seconds_mean), number(c.eval_seconds_mean),
-        ])
-    atomic_write_text(path, buffer.getvalue())
-
-
-def write_section(runs: list[dict], results_dir: Path) -> tuple[list[str], list[Path]]:
-    """The track-section interface (see ``report.TRACK_SECTIONS``)."""
-    from tunebench.bench import figures_b2n
-
-    cells = summarise(runs)
-    if not cells:
-        return [], []
-    written = figures_b2n.write_figures(groups_of(cells), results_dir / "figures")
-    links = [(title, path.relative_to(results_dir).as_posix()) for title, path in written]
-    summary_csv = results_dir / "summary_b2n.csv"
-    write_summary_csv(cells, summary_csv)
-    return render_section(cells, links), [summary_csv, *(path for _, path in written)]
+    for (backbone, shots), group in groups.items():
+        lines += [f"### {backbone}, {shots} shots per base class", "", *_average_table(group)]
+        for dataset in sorted({c["dataset"] for c in group}):
+            lines += _dataset_table(dataset, [c for c in group if c["dataset"] == dataset])
+    lines += figures.links(written, results)
+    return lines, [write_summary_csv(cells, results / "summary_b2n.csv"), *(path for _, path in written)]
