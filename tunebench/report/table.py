@@ -34,37 +34,38 @@ def frame(runs) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def seed_cells(runs, keys: list[str]) -> pd.DataFrame:
-    """One row per ``keys`` with the runs in seed order: ``seeds``, ``runs``, and for every
+def seed_cells(runs, keys: list[str], order: list[str] | None = None) -> list[dict]:
+    """One cell per ``keys``, sorted by ``order`` (default ``keys``; methods in the report's
+    order), with its runs in seed order: ``seeds``, ``n_seeds``, ``runs``, ``steps`` (when
+    all agree), parameter counts (rounded means), ``trainable_percent``, and for every
     numeric column ``NAME_mean`` (over the runs that report it) and ``NAME_std`` (sample
-    std, 0 for one value); parameter counts are rounded means."""
+    std, 0 for one value)."""
     df = frame(runs).sort_values(["seed", "config_hash"], kind="stable")
-    groups = df.groupby(keys, sort=True)
     numeric = [c for c in df.columns if c not in (*RUN_KEYS, "run")]
-    values = df[numeric].apply(pd.to_numeric, errors="coerce").groupby([df[k] for k in keys], sort=True)
+    values = df[numeric].apply(pd.to_numeric, errors="coerce").groupby([df[k] for k in keys])
     means, stds, counts = values.mean(), values.std(ddof=1), values.count()
-    stds = stds.where(counts > 1, 0.0).where(counts > 0)
-    out = pd.concat([means.add_suffix("_mean"), stds.add_suffix("_std")], axis=1)
-    out["seeds"] = groups["seed"].agg(tuple)
-    out["runs"] = groups["run"].agg(list)
-    for count in ("trainable_params", "total_params"):
-        out[count] = [round(v) for v in out.pop(f"{count}_mean")]
-    out["trainable_percent"] = [100.0 * t / n if n else None for t, n in zip(out.trainable_params, out.total_params,
-                                                                            strict=True)]
-    steps = [{r.get("steps") for r in runs} for runs in out["runs"]]
-    out["steps"] = pd.Series([s.pop() if len(s) == 1 else None for s in steps], index=out.index, dtype=object)
-    return out.reset_index()
+    out = pd.concat([means.add_suffix("_mean"), stds.where(counts > 1, 0.0).where(counts > 0).add_suffix("_std")],
+                    axis=1)
+    groups = df.groupby(keys)
+    out["seeds"], out["runs"] = groups["seed"].agg(tuple), groups["run"].agg(list)
+    out = out.reset_index()
+    cells = by_method(out, *(order or keys)).to_dict("records")
+    for c in cells:
+        steps = {r.get("steps") for r in c["runs"]}
+        c.update(n_seeds=len(c["seeds"]), steps=steps.pop() if len(steps) == 1 else None,
+                 trainable_params=round(c.pop("trainable_params_mean")), total_params=round(c.pop("total_params_mean")))
+        c["trainable_percent"] = 100.0 * c["trainable_params"] / c["total_params"] if c["total_params"] else None
+    return cells
 
 
 def metric_names(cell: dict) -> list[str]:
-    """The metrics (not costs) a cell of `cells` has a mean of."""
+    """The metrics (not costs) a cell has a mean of."""
     return sorted(k[:-5] for k, v in cell.items() if k.endswith("_mean") and k[:-5] not in COSTS and not missing(v))
 
 
 def by_method(df: pd.DataFrame, *columns: str) -> pd.DataFrame:
     """``df`` sorted by ``columns``, where ``method`` sorts in the report's method order."""
-    return df.sort_values(list(columns), key=lambda s: s.map(method_key) if s.name == "method" else s,
-                          kind="stable")
+    return df.sort_values(list(columns), key=lambda s: s.map(method_key) if s.name == "method" else s, kind="stable")
 
 
 def harmonic_mean(base: float, new: float | None) -> float | None:
@@ -115,11 +116,14 @@ def ratio(r: float | None) -> str:
     return f"{r:.1f}×" if r >= 0.1 else f"{r:.2g}×"
 
 
-def g6(value) -> str:
-    """A CSV number: empty when missing, an int as is, else 6 significant digits."""
+def text(value, spec: str = ".6g") -> str:
+    """A CSV value: empty when missing, text as is, seeds joined by ';', a bool as 0/1, an int as is,
+    else formatted by ``spec`` (6 significant digits)."""
     if missing(value):
         return ""
-    return str(value) if isinstance(value, int) else f"{value:.6g}"
+    if isinstance(value, str | tuple):
+        return value if isinstance(value, str) else ";".join(map(str, value))
+    return str(int(value)) if isinstance(value, bool | int) else f"{value:{spec}}"
 
 
 # ---- tables and files -------------------------------------------------------------------
@@ -133,11 +137,18 @@ def markdown(table: pd.DataFrame, align: str | None = None) -> list[str]:
     return ["| " + " | ".join(map(str, line)) + " |" for line in (table.columns, rule, *table.values.tolist())]
 
 
-def write_csv(table: pd.DataFrame, path: Path) -> Path:
-    """A DataFrame of already formatted values as CSV, written atomically."""
+def rows(data, columns) -> pd.DataFrame:
+    return pd.DataFrame(list(data), columns=list(columns))
+
+
+def write_summary(cells: list[dict], path: Path, columns) -> Path:
+    """One CSV row per cell, written atomically; ``columns`` holds cell keys, or (CSV
+    name, key) or (CSV name, key, format spec) where they differ."""
+    specs = [(c, c, ".6g") if isinstance(c, str) else (*c, ".6g")[:3] for c in columns]
+    table = pd.DataFrame({name: [text(c.get(key), spec) for c in cells] for name, key, spec in specs})
     atomic_write_text(path, table.to_csv(index=False, lineterminator="\n"))
     return path
 
 
-def seeds_text(seeds) -> str:
-    return ";".join(map(str, seeds))
+def mean_std(metrics) -> list[str]:
+    return [f"{m}_{stat}" for m in metrics for stat in ("mean", "std")]

@@ -11,22 +11,10 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-import pandas as pd
-
 from tunebench.report import figures
+from tunebench.report import table as t
 from tunebench.report.sections import Options, section
 from tunebench.report.style import method_key
-from tunebench.report.table import (
-    by_method,
-    g6,
-    markdown,
-    missing,
-    pm,
-    seed_cells,
-    seeds_text,
-    share,
-    write_csv,
-)
 
 METRIC = "mean_r1"  # what every align run must have; the headline metric
 FULL_TRAINING = ("lit:all", "full-ft")  # first present one is "full training"
@@ -40,9 +28,8 @@ R1_LABEL = "Mean R@1, image↔text (%)"
 
 def summarise(runs) -> list[dict]:
     """One cell per (backbone, dataset, method, pairs); ``r1`` is the mean of the headline."""
-    df = by_method(seed_cells(runs, ["backbone", "dataset", "method", "shots"]), "backbone", "dataset", "shots", "method")
-    df["trainable_percent"] = df.trainable_percent.fillna(0.0)
-    return [{**c, "r1": c[f"{METRIC}_mean"]} for c in df.to_dict("records")]
+    return [{**c, "r1": c[f"{METRIC}_mean"], "trainable_percent": c["trainable_percent"] or 0.0}
+            for c in t.seed_cells(runs, ["backbone", "dataset", "method", "shots"], ["backbone", "dataset", "shots", "method"])]
 
 
 def groups_of(cells: list[dict]) -> dict[tuple, list[dict]]:
@@ -86,9 +73,9 @@ def _group_tables(group: tuple, cells: list[dict]) -> list[str]:
     full = full_training(cells)
     steps = sorted({c["steps"] for c in cells if c["steps"]})
     budget = f", {'/'.join(map(str, steps))} steps each" if steps else ""
-    table = pd.DataFrame(
-        [[c["method"], share(c["trainable_percent"]), f"{c['trainable_params']:,}", pm(c, METRIC),
-          *(pm(c, name) for name in RETRIEVAL), f"{100 * c['r1'] / full['r1']:.0f}%" if full and full["r1"] > 0 else "—",
+    table = t.rows(
+        [[c["method"], t.share(c["trainable_percent"]), f"{c['trainable_params']:,}", t.pm(c, METRIC),
+          *(t.pm(c, name) for name in RETRIEVAL), f"{100 * c['r1'] / full['r1']:.0f}%" if full and full["r1"] > 0 else "—",
           f"{c['train_seconds_mean']:.1f}", str(len(c["seeds"]))] for c in cells],
         columns=["Method", "% trainable", "Trainable", "Mean R@1", "I→T R@1", "R@5", "R@10", "T→I R@1", "R@5",
                  "R@10", "of full", "Train s", "Seeds"])
@@ -97,24 +84,24 @@ def _group_tables(group: tuple, cells: list[dict]) -> list[str]:
         f"Held-out retrieval recall in percent (mean ± std over seeds){budget}. "
         "*of full*: mean R@1 as a share of full training's"
         + (f" (`{full['method']}`)." if full else " (no all-parameters run in this group)."), "",
-        *markdown(table), "",
+        *t.markdown(table), "",
     ]
     transfer = sorted({k[:-5] for c in cells for k, v in c.items()
                        if k.startswith(ZERO_SHOT_PREFIX) and k.endswith("_mean") and v == v})
-    knowledge = [k for k in KNOWLEDGE if any(not missing(c.get(f"{k}_mean")) for c in cells)]
+    knowledge = [k for k in KNOWLEDGE if any(not t.missing(c.get(f"{k}_mean")) for c in cells)]
     if transfer or knowledge:
         header = [*(f"Zero-shot {k[len(ZERO_SHOT_PREFIX):]} %" for k in transfer),
                   *("ImageNet agreement %" if k == "imagenet_agreement" else "Text drift" for k in knowledge)]
-        drift = lambda c, k: "—" if missing(c.get(f"{k}_mean")) else f"{c[f'{k}_mean']:.4f}"  # noqa: E731
-        table = pd.DataFrame([[c["method"], *(pm(c, k) for k in transfer),
-                               *(pm(c, k) if k == "imagenet_agreement" else drift(c, k) for k in knowledge)]
+        drift = lambda c, k: "—" if t.missing(c.get(f"{k}_mean")) else f"{c[f'{k}_mean']:.4f}"  # noqa: E731
+        table = t.rows([[c["method"], *(t.pm(c, k) for k in transfer),
+                               *(t.pm(c, k) if k == "imagenet_agreement" else drift(c, k) for k in knowledge)]
                               for c in cells], columns=["Method", *header])
         lines += [
             "Transfer and knowledge kept: zero-shot top-1 on datasets never seen in alignment; "
             "*ImageNet agreement*: share of the probe photos whose ImageNet top-1 class is "
             "unchanged from the pretrained image tower; *Text drift*: mean absolute change of "
             "the pretrained text tower's pairwise sentence cosine similarities (0 = unchanged).", "",
-            *markdown(table), "",
+            *t.markdown(table), "",
         ]
     return lines
 
@@ -128,14 +115,14 @@ def _headline(groups: dict[tuple, list[dict]]) -> list[str]:
         row = [f"{dataset}, {backbone}, {pairs}", f"`{full['method']}` {100 * full['r1']:.1f}"]
         for percent in THRESHOLDS:
             hit = smallest_within(cells, full, percent)
-            row.append(f"`{hit['method']}` ({share(hit['trainable_percent'])})" if hit else "none")
+            row.append(f"`{hit['method']}` ({t.share(hit['trainable_percent'])})" if hit else "none")
         for budget in BUDGETS:
             best = best_under(cells, full, budget)
             row.append(f"{100 * best['r1'] / full['r1']:.0f}% (`{best['method']}`)" if best else "—")
         rows.append(row)
     if not rows:
         return []
-    table = pd.DataFrame(rows, columns=["Data, backbone, pairs", "Full training R@1",
+    table = t.rows(rows, columns=["Data, backbone, pairs", "Full training R@1",
                                         *(f"Smallest within {p}%" for p in THRESHOLDS),
                                         *(f"Best ≤ {b:g}% trainable, of full" for b in BUDGETS)])
     return [
@@ -143,7 +130,7 @@ def _headline(groups: dict[tuple, list[dict]]) -> list[str]:
         "For each group, the preset with the fewest trainable parameters whose mean R@1 is "
         "within X% of full training's (all parameters updated), and the best share of full "
         "training's R@1 reached while training at most 1% or 7% of the parameters.", "",
-        *markdown(table, "l" * 2 + "l" * len(THRESHOLDS) + "r" * len(BUDGETS)), "",
+        *t.markdown(table, "l" * 2 + "l" * len(THRESHOLDS) + "r" * len(BUDGETS)), "",
     ]
 
 
@@ -178,9 +165,9 @@ def _figures(cells: list[dict], folder: Path) -> list[tuple[str, Path]]:
     out = []
     with figures.styled():
         for name, x, tick, xlabel, title in (
-            ("trainable", "trainable_percent", lambda v: f"{v:g}%", "Trainable parameters (% of model, log scale)",
+            ("trainable", "trainable_percent", "{:g}%".format, "Trainable parameters (% of model, log scale)",
              "Alignment: retrieval vs % trainable"),
-            ("train_time", "train_seconds_mean", lambda v: f"{v:g}", "Training time per run at fixed steps (s, log scale)",
+            ("train_time", "train_seconds_mean", "{:g}".format, "Training time per run at fixed steps (s, log scale)",
              "Alignment: retrieval vs training time"),
         ):
             out.append((title, figures.score_vs_cost(panels, folder / f"align_r1_vs_{name}.png", x=x, y=METRIC,
@@ -207,23 +194,6 @@ def _figures(cells: list[dict], folder: Path) -> list[tuple[str, Path]]:
     return out
 
 
-def write_summary_csv(cells: list[dict], path: Path) -> Path:
-    metrics = [METRIC, *RETRIEVAL, *KNOWLEDGE]
-    metrics += sorted({k[:-5] for c in cells for k in c if k.startswith(ZERO_SHOT_PREFIX) and k.endswith("_mean")})
-    table = pd.DataFrame({
-        "backbone": [c["backbone"] for c in cells], "dataset": [c["dataset"] for c in cells],
-        "method": [c["method"] for c in cells], "pairs": [c["shots"] for c in cells],
-        "n_seeds": [len(c["seeds"]) for c in cells], "seeds": [seeds_text(c["seeds"]) for c in cells],
-        "trainable_params": [c["trainable_params"] for c in cells], "total_params": [c["total_params"] for c in cells],
-        "trainable_percent": [g6(c["trainable_percent"]) for c in cells],
-        "train_seconds_mean": [g6(c["train_seconds_mean"]) for c in cells],
-        "steps": [g6(c["steps"]) for c in cells],
-        **{f"{m}_{stat}": ["" if missing(c.get(f"{m}_mean")) else g6(c[f"{m}_{stat}"]) for c in cells]
-           for m in metrics for stat in ("mean", "std")},
-    })
-    return write_csv(table, path)
-
-
 @section("align", position=10, metric=METRIC, fractions=(METRIC, "i2t_r*", "t2i_r*", "imagenet_agreement",
                                                           "zeroshot/*"))
 def write(runs: list[dict], results: Path, options: Options) -> tuple[list[str], list[Path]]:
@@ -242,4 +212,8 @@ def write(runs: list[dict], results: Path, options: Options) -> tuple[list[str],
         *(line for group, group_cells in groups.items() for line in _group_tables(group, group_cells)),
         *figures.links(written, results),
     ]
-    return lines, [write_summary_csv(cells, results / "summary_align.csv"), *(path for _, path in written)]
+    zero_shot = sorted({k[:-5] for c in cells for k in c if k.startswith(ZERO_SHOT_PREFIX) and k.endswith("_mean")})
+    summary = t.write_summary(cells, results / "summary_align.csv", [
+        "backbone", "dataset", "method", ("pairs", "shots"), "n_seeds", "seeds", "trainable_params", "total_params",
+        "trainable_percent", "train_seconds_mean", "steps", *t.mean_std([METRIC, *RETRIEVAL, *KNOWLEDGE, *zero_shot])])
+    return lines, [summary, *(path for _, path in written)]

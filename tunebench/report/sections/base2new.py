@@ -19,21 +19,9 @@ import pandas as pd
 from matplotlib.patches import Patch
 
 from tunebench.report import figures
+from tunebench.report import table as t
 from tunebench.report.sections import Options, section
 from tunebench.report.style import method_key, style
-from tunebench.report.table import (
-    by_method,
-    g6,
-    harmonic_mean,
-    markdown,
-    missing,
-    pm,
-    ratio,
-    seed_cells,
-    seeds_text,
-    share,
-    write_csv,
-)
 
 REFERENCE = "cones"  # training time is compared with it (CoCoOp's cost is a finding)
 BARS = (("Base", "#0072B2"), ("New", "#D55E00"), ("H", "#009E73"))  # methods are on the x axis here
@@ -43,12 +31,11 @@ ISO_H = (0.2, 0.4, 0.6, 0.8)
 def summarise(runs) -> list[dict]:
     """One cell per (backbone, shots, dataset, method), with ``base``, ``new`` (None
     without an answer for new classes) and their harmonic mean ``h``."""
-    df = by_method(seed_cells(runs, ["backbone", "shots", "dataset", "method"]), "backbone", "shots", "dataset", "method")
-    out = []
-    for c in df.to_dict("records"):
-        new = None if missing(c.get("new_mean")) else c["new_mean"]
-        out.append({**c, "base": c["base_mean"], "new": new, "h": harmonic_mean(c["base_mean"], new)})
-    return out
+    cells = t.seed_cells(runs, ["backbone", "shots", "dataset", "method"])
+    for c in cells:
+        new = None if t.missing(c.get("new_mean")) else c["new_mean"]
+        c.update(base=c["base_mean"], new=new, h=t.harmonic_mean(c["base_mean"], new))
+    return cells
 
 
 def groups_of(cells: list[dict]) -> dict[tuple[str, int], list[dict]]:
@@ -71,11 +58,11 @@ def averages(cells: list[dict]) -> list[dict]:
     df = pd.DataFrame(cells)
     datasets = sorted(df.dataset.unique())
     rows = []
-    for method, mine in by_method(df, "method").groupby("method", sort=False):
+    for method, mine in t.by_method(df, "method").groupby("method", sort=False):
         if sorted(mine.dataset) != datasets:
             continue
         new = None if mine.new.isna().any() else mine.new.mean()
-        rows.append({"method": method, "base": mine.base.mean(), "new": new, "h": harmonic_mean(mine.base.mean(), new),
+        rows.append({"method": method, "base": mine.base.mean(), "new": new, "h": t.harmonic_mean(mine.base.mean(), new),
                      "train_seconds_mean": mine.train_seconds_mean.mean(),
                      "trainable_params": round(mine.trainable_params.mean())})
     return rows
@@ -86,7 +73,7 @@ def _percent(value: float | None) -> str:
 
 
 def _times(seconds: float, reference: float | None) -> str:
-    return "—" if reference is None or reference <= 0 or seconds <= 0 else ratio(seconds / reference)
+    return "—" if reference is None or reference <= 0 or seconds <= 0 else t.ratio(seconds / reference)
 
 
 def _average_table(cells: list[dict]) -> list[str]:
@@ -97,18 +84,18 @@ def _average_table(cells: list[dict]) -> list[str]:
                            _times(r["train_seconds_mean"], reference)] for r in rows],
                          columns=["Method", "Base", "New", "H", "Trainable", "Train s", f"Train vs {REFERENCE}"])
     n = len({c["dataset"] for c in cells})
-    return [f"#### Average over {n} dataset{'s' * (n != 1)}", "", *markdown(table), ""]
+    return [f"#### Average over {n} dataset{'s' * (n != 1)}", "", *t.markdown(table), ""]
 
 
 def _dataset_table(dataset: str, cells: list[dict]) -> list[str]:
     reference = next((c["train_seconds_mean"] for c in cells if c["method"] == REFERENCE), None)
     table = pd.DataFrame(
-        [[f"`{c['method']}`", pm(c, "base"), pm(c, "new"), _percent(c["h"]), str(len(c["seeds"])),
-          f"{c['trainable_params']:,}", share(c["trainable_percent"]), f"{c['train_seconds_mean']:.1f}",
+        [[f"`{c['method']}`", t.pm(c, "base"), t.pm(c, "new"), _percent(c["h"]), str(len(c["seeds"])),
+          f"{c['trainable_params']:,}", t.share(c["trainable_percent"]), f"{c['train_seconds_mean']:.1f}",
           _times(c["train_seconds_mean"], reference), f"{c['eval_seconds_mean']:.1f}"] for c in cells],
         columns=["Method", "Base", "New", "H", "Seeds", "Trainable", "% trainable", "Train s", f"Train vs {REFERENCE}",
                  "Eval s"])
-    return [f"#### {dataset}", "", *markdown(table), ""]
+    return [f"#### {dataset}", "", *t.markdown(table), ""]
 
 
 def _panels(cells: list[dict]) -> list[tuple[str, list[dict]]]:
@@ -178,20 +165,6 @@ def _figures(groups: dict, folder: Path) -> list[tuple[str, Path]]:
     return out
 
 
-def write_summary_csv(cells: list[dict], path: Path) -> Path:
-    table = pd.DataFrame({
-        **{k: [c[k] for c in cells] for k in ("backbone", "shots", "dataset", "method")},
-        "n_seeds": [len(c["seeds"]) for c in cells], "seeds": [seeds_text(c["seeds"]) for c in cells],
-        "base_mean": [g6(c["base"]) for c in cells], "base_std": [g6(c["base_std"]) for c in cells],
-        "new_mean": [g6(c["new"]) for c in cells], "new_std": [g6(c.get("new_std")) for c in cells],
-        "h": [g6(c["h"]) for c in cells], "trainable_params": [c["trainable_params"] for c in cells],
-        "total_params": [c["total_params"] for c in cells],
-        "train_seconds_mean": [g6(c["train_seconds_mean"]) for c in cells],
-        "eval_seconds_mean": [g6(c["eval_seconds_mean"]) for c in cells],
-    })
-    return write_csv(table, path)
-
-
 @section("base2new", position=40, metric="base", fractions=("base", "new", "h"))
 def write(runs: list[dict], results: Path, options: Options) -> tuple[list[str], list[Path]]:
     if not runs:
@@ -215,4 +188,7 @@ def write(runs: list[dict], results: Path, options: Options) -> tuple[list[str],
         for dataset in sorted({c["dataset"] for c in group}):
             lines += _dataset_table(dataset, [c for c in group if c["dataset"] == dataset])
     lines += figures.links(written, results)
-    return lines, [write_summary_csv(cells, results / "summary_b2n.csv"), *(path for _, path in written)]
+    summary = t.write_summary(cells, results / "summary_b2n.csv", [
+        "backbone", "shots", "dataset", "method", "n_seeds", "seeds", "base_mean", "base_std", ("new_mean", "new"),
+        "new_std", "h", "trainable_params", "total_params", "train_seconds_mean", "eval_seconds_mean"])
+    return lines, [summary, *(path for _, path in written)]

@@ -9,24 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from tunebench.report import figures
+from tunebench.report import table as t
 from tunebench.report.sections import Options, section
 from tunebench.report.style import method_key
-from tunebench.report.table import (
-    by_method,
-    count,
-    g6,
-    markdown,
-    metric_names,
-    missing,
-    pm,
-    seed_cells,
-    seeds_text,
-    share,
-    write_csv,
-)
 
 METRIC = "novel_bbox_ap"  # what every detect run has; the headline metric
 REFERENCE = "cones"  # train times are compared with it
@@ -38,11 +24,10 @@ DETAIL_NAMES = ("Novel box AP", "AP50", "AP75", "Novel mask AP", "Base box AP", 
 def summarise(runs) -> list[dict]:
     """One cell per (dataset, backbone, method, shots) with ``pictures``: (seed, path) of
     each seed's prediction picture."""
-    df = by_method(seed_cells(runs, ["dataset", "backbone", "method", "shots"]), "dataset", "backbone", "method", "shots")
-    df["trainable_percent"] = df.trainable_percent.fillna(0.0)
-    return [{**c, "pictures": tuple((r["seed"], r["pictures"]["predictions"]) for r in c["runs"]
-                                    if isinstance(r.get("pictures"), dict) and "predictions" in r["pictures"])}
-            for c in df.to_dict("records")]
+    return [{**c, "trainable_percent": c["trainable_percent"] or 0.0,
+             "pictures": tuple((r["seed"], r["pictures"]["predictions"]) for r in c["runs"]
+                               if isinstance(r.get("pictures"), dict) and "predictions" in r["pictures"])}
+            for c in t.seed_cells(runs, ["dataset", "backbone", "method", "shots"])]
 
 
 def _group_section(dataset: str, backbone: str, cells: list[dict]) -> list[str]:
@@ -51,20 +36,20 @@ def _group_section(dataset: str, backbone: str, cells: list[dict]) -> list[str]:
     methods = sorted({c["method"] for c in cells}, key=method_key)
     at = {(c["method"], c["shots"]): c for c in cells}
     seeds = {m: max(len(c["seeds"]) for c in cells if c["method"] == m) for m in methods}
-    table = pd.DataFrame([[f"`{m}`", *(pm(at[m, k], METRIC) if (m, k) in at else "—" for k in columns),
+    table = t.rows([[f"`{m}`", *(t.pm(at[m, k], METRIC) if (m, k) in at else "—" for k in columns),
                            str(seeds[m])] for m in methods], columns=["Method", *(f"{k}-shot" for k in columns), "Seeds"])
     lines = [f"### {dataset}, backbone `{backbone}`", "",
-             "Novel-class box AP (%, COCO AP@[.5:.95]) by annotated images per class:", "", *markdown(table)]
+             "Novel-class box AP (%, COCO AP@[.5:.95]) by annotated images per class:", "", *t.markdown(table)]
     top = shots[-1] if shots else 0
     lines += ["", f"At {top} images per class: every COCO number (%), cost and size. *Train s* and *Eval s* "
               "are wall-clock per run (mean over seeds); frozen-detector regions are computed once into a "
               "shared cache and counted in neither.", ""]
     shown = [c for m in methods if (c := at.get((m, top)) or at.get((m, 0))) is not None]
-    table = pd.DataFrame([[f"`{c['method']}`", *(pm(c, name) for name in DETAIL), count(c["trainable_params"]),
-                           share(c["trainable_percent"]), f"{c['train_seconds_mean']:.1f}",
+    table = t.rows([[f"`{c['method']}`", *(t.pm(c, name) for name in DETAIL), t.count(c["trainable_params"]),
+                           t.share(c["trainable_percent"]), f"{c['train_seconds_mean']:.1f}",
                            f"{c['eval_seconds_mean']:.1f}"] for c in shown],
                          columns=["Method", *DETAIL_NAMES, "Trainable", "% trainable", "Train s", "Eval s"])
-    return [*lines, *markdown(table), "", *_versus_reference(at, shots), *_pictures(cells, top)]
+    return [*lines, *t.markdown(table), "", *_versus_reference(at, shots), *_pictures(cells, top)]
 
 
 def _versus_reference(at: dict, shots: list[int]) -> list[str]:
@@ -78,13 +63,13 @@ def _versus_reference(at: dict, shots: list[int]) -> list[str]:
             if (ref := at.get((REFERENCE, k))) is None or (other := at.get((rival, k))) is None:
                 continue
             time = other["train_seconds_mean"] / ref["train_seconds_mean"] if ref["train_seconds_mean"] > 0 else None
-            rows.append([str(k), f"`{rival}`", pm(ref, METRIC), pm(other, METRIC),
+            rows.append([str(k), f"`{rival}`", t.pm(ref, METRIC), t.pm(other, METRIC),
                          f"{100 * (ref[f'{METRIC}_mean'] - other[f'{METRIC}_mean']):+.1f}",
                          f"{float('nan') if time is None else time:.1f}×"])
-    table = pd.DataFrame(rows, columns=["Shots", "Rival", f"{REFERENCE} AP", "Rival AP", "Δ AP (points)",
+    table = t.rows(rows, columns=["Shots", "Rival", f"{REFERENCE} AP", "Rival AP", "Δ AP (points)",
                                         "Rival time / cones"])
     return [f"`{REFERENCE}` against the input-side methods (novel box AP; time = rival's train s / "
-            f"{REFERENCE}'s):", "", *markdown(table, "lrrrrr"), ""]
+            f"{REFERENCE}'s):", "", *t.markdown(table, "lrrrrr"), ""]
 
 
 def _pictures(cells: list[dict], top: int) -> list[str]:
@@ -106,28 +91,13 @@ def _figures(groups: dict, folder: Path) -> list[tuple[str, Path]]:
                 tick_label=figures.count_label, xlabel="Trainable parameters (count, log scale)",
                 title="Detection: novel box AP vs trainable parameters", **common)),
             ("Detection: novel box AP vs training time", figures.score_vs_cost(
-                panels, folder / "detect_ap_vs_train_time.png", x="train_seconds_mean", tick_label=lambda v: f"{v:g}",
+                panels, folder / "detect_ap_vs_train_time.png", x="train_seconds_mean", tick_label="{:g}".format,
                 xlabel="Mean training time per run (s, log scale)", title="Detection: novel box AP vs training time",
                 **common)),
             ("Detection: novel box AP vs shots", figures.score_vs_shots(
                 panels, folder / "detect_ap_vs_shots.png", xlabel="Training images per class (shots, log₂ scale)",
                 title="Detection: novel box AP vs annotated images per class", **common)),
         ]
-
-
-def write_summary_csv(cells: list[dict], path: Path) -> Path:
-    metrics = sorted({m for c in cells for m in metric_names(c)})
-    table = pd.DataFrame({
-        **{k: [c[k] for c in cells] for k in ("dataset", "backbone", "method", "shots")},
-        "n_seeds": [len(c["seeds"]) for c in cells], "seeds": [seeds_text(c["seeds"]) for c in cells],
-        "trainable_params": [c["trainable_params"] for c in cells], "total_params": [c["total_params"] for c in cells],
-        "trainable_percent": [g6(c["trainable_percent"]) for c in cells],
-        "train_seconds_mean": [f"{c['train_seconds_mean']:.4f}" for c in cells],
-        "eval_seconds_mean": [f"{c['eval_seconds_mean']:.4f}" for c in cells],
-        **{f"{m}_{stat}": ["" if missing(c.get(f"{m}_mean")) else g6(c[f"{m}_{stat}"]) for c in cells]
-           for m in metrics for stat in ("mean", "std")},
-    })
-    return write_csv(table, path)
 
 
 @section("detect", position=20, metric=METRIC, fractions=("*_ap", "*_ap50", "*_ap75"))
@@ -147,4 +117,9 @@ def write(runs: list[dict], results: Path, options: Options) -> tuple[list[str],
              "detector was built; *novel box AP* is the headline.", "",
              *(line for (dataset, backbone), group in groups.items() for line in _group_section(dataset, backbone, group)),
              "### Detection figures", "", *figures.links(written, results)]
-    return lines, [write_summary_csv(cells, results / "summary_detect.csv"), *(path for _, path in written)]
+    summary = t.write_summary(cells, results / "summary_detect.csv", [
+        "dataset", "backbone", "method", "shots", "n_seeds", "seeds", "trainable_params", "total_params",
+        "trainable_percent", ("train_seconds_mean", "train_seconds_mean", ".4f"),
+        ("eval_seconds_mean", "eval_seconds_mean", ".4f"),
+        *t.mean_std(sorted({m for c in cells for m in t.metric_names(c)}))])
+    return lines, [summary, *(path for _, path in written)]

@@ -14,23 +14,13 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-import pandas as pd
 from matplotlib.lines import Line2D
 
 from tunebench.bench.curves import equal_fidelity
 from tunebench.report import figures
+from tunebench.report import table as t
 from tunebench.report.sections import Options, section
 from tunebench.report.style import method_key, style
-from tunebench.report.table import (
-    by_method,
-    count,
-    g6,
-    markdown,
-    missing,
-    seed_cells,
-    seeds_text,
-    write_csv,
-)
 
 QUALITY = ("fidelity", "clip_i", "clip_t", "diversity")
 TIMES = ("train_seconds", "seconds_to_threshold", "step_seconds", "conditioning_seconds")
@@ -45,7 +35,7 @@ def values(c: dict, name: str) -> list[float]:
 
 
 def mean(c: dict, name: str) -> float | None:
-    return None if missing(value := c.get(f"{name}_mean")) else value
+    return None if t.missing(value := c.get(f"{name}_mean")) else value
 
 
 def curve(c: dict) -> list[tuple[float, float]]:
@@ -60,11 +50,11 @@ def curve(c: dict) -> list[tuple[float, float]]:
 def summarise(runs) -> list[dict]:
     """One cell per (backbone, concept, method, K), with ``reached`` (seeds that reached
     the fidelity threshold), ``threshold`` and ``timing_only``."""
-    df = seed_cells(runs, ["backbone", "dataset", "method", "shots"])
-    df["concept"] = df.dataset.str.removeprefix("concept:")
-    return [{**c, "reached": len(values(c, "seconds_to_threshold")), "threshold": mean(c, "fidelity_threshold"),
-             "timing_only": any(r["metrics"].get("timing_only") for r in c["runs"])}
-            for c in by_method(df, "backbone", "concept", "shots", "method").to_dict("records")]
+    cells = [{**c, "concept": c["dataset"].removeprefix("concept:"), "reached": len(values(c, "seconds_to_threshold")),
+              "threshold": mean(c, "fidelity_threshold"), "timing_only": any(r["metrics"].get("timing_only")
+                                                                              for r in c["runs"])}
+             for c in t.seed_cells(runs, ["backbone", "dataset", "method", "shots"])]
+    return sorted(cells, key=lambda c: (c["backbone"], c["concept"], c["shots"], method_key(c["method"])))
 
 
 # ---- the comparisons -------------------------------------------------------------------
@@ -180,7 +170,7 @@ def _headline(comps: list[dict]) -> list[str]:
         f"- Quality after equal steps: fidelity ConES {100 * fid_cones:.1f}% vs textual inversion "
         f"{100 * fid_ti:.1f}% (mean over cells); per cell below.", "",
     ]
-    table = pd.DataFrame([[
+    table = t.rows([[
         c["backbone"], c["concept"], str(c["shots"]), _pm(c["cones"], "fidelity", percent=True),
         _pm(c["ti"], "fidelity", percent=True), _pm(c["cones"], "clip_i"), _pm(c["ti"], "clip_i"),
         _pm(c["cones"], "clip_t"), _pm(c["ti"], "clip_t"),
@@ -192,7 +182,7 @@ def _headline(comps: list[dict]) -> list[str]:
                                 f"s to ≥{threshold:.2f} ConES", "TI", "Step ratio"])
     note = ("*Equal level*: per seed, the highest fidelity both curves reach (mean over seeds); "
             "*Ratio there*: ConES / TI seconds to first reach it (geometric mean over seeds).")
-    return [*lines, note, "", *markdown(table, "lll" + "r" * 11), ""]
+    return [*lines, note, "", *t.markdown(table, "lll" + "r" * 11), ""]
 
 
 def _quality_tables(cells: list[dict]) -> list[str]:
@@ -203,10 +193,10 @@ def _quality_tables(cells: list[dict]) -> list[str]:
             groups[c["backbone"], c["concept"]].append(c)
     for (backbone, concept), group in sorted(groups.items()):
         threshold = group[0]["threshold"]
-        table = pd.DataFrame([[
+        table = t.rows([[
             c["method"], str(c["shots"]), _pm(c, "fidelity", percent=True), _pm(c, "clip_i"), _pm(c, "clip_t"),
             _pm(c, "diversity"), _pm(c, "train_seconds", digits=1), threshold_cell(c),
-            f"{statistics.median(values(c, 'step_seconds')):.3f}", count(c["trainable_params"]), str(len(c["runs"])),
+            f"{statistics.median(values(c, 'step_seconds')):.3f}", t.count(c["trainable_params"]), str(len(c["runs"])),
         ] for c in sorted(group, key=lambda c: (method_key(c["method"]), c["shots"]))],
             columns=["Method", "K", "Fidelity %", "CLIP-I", "CLIP-T", "Diversity", "Train s",
                      f"s to ≥{threshold:.2f}" if threshold else "s to threshold", "Step s", "Trainable", "Seeds"])
@@ -217,16 +207,16 @@ def _quality_tables(cells: list[dict]) -> list[str]:
             calibration = (f" Real held-out {concept} images score fidelity {100 * real['real_fidelity']:.1f}%, "
                            f"CLIP-I {real['real_clip_i']:.3f}, CLIP-T {real['real_clip_t']:.3f}.")
         lines += [f"### {concept}, {backbone}", "", f"Mean ± std over seeds.{calibration}", "",
-                  *markdown(table, "lr" + "r" * (table.shape[1] - 2)), ""]
+                  *t.markdown(table, "lr" + "r" * (table.shape[1] - 2)), ""]
     return lines
 
 
 def _share_section(rows: list[dict], figure_link: str | None) -> list[str]:
     if not rows:
         return []
-    table = pd.DataFrame([[
-        f"{r['backbone']}{' (timing only)' if r['timing_only'] else ''}", count(r["text_params"]),
-        count(r["unet_params"]), f"{r['ti_step']:.4f}", f"{r['cones_step']:.4f}", f"{r['ratio']:.2f}",
+    table = t.rows([[
+        f"{r['backbone']}{' (timing only)' if r['timing_only'] else ''}", t.count(r["text_params"]),
+        t.count(r["unet_params"]), f"{r['ti_step']:.4f}", f"{r['cones_step']:.4f}", f"{r['ratio']:.2f}",
         f"{r['ti_conditioning']:.4f}", f"{100 * r['share']:.0f}%", f"{1 - r['share']:.2f}", str(r["runs"]),
     ] for r in rows], columns=["Backbone", "Text encoder", "UNet", "TI step s", "ConES step s", "ConES / TI",
                                "Text enc. fwd+bwd s", "Share of TI step", "1 − share", "Runs"])
@@ -237,7 +227,7 @@ def _share_section(rows: list[dict], figure_link: str | None) -> list[str]:
         "after training; its *share* of a TI step predicts ConES / TI = 1 − share, because "
         "ConES removes exactly that work. Backbones marked *timing only* have random weights "
         "(`t2i-timing:TEXT-UNET`) and measure time alone.", "",
-        *markdown(table), "",
+        *t.markdown(table), "",
     ]
     return lines + ([f"![ConES / TI step time vs text-encoder share]({figure_link})", ""] if figure_link else [])
 
@@ -257,11 +247,11 @@ def _grids_section(cells: list[dict]) -> list[str]:
     for (backbone, concept), group in sorted(groups.items()):
         group = sorted(group, key=lambda c: (method_key(c["method"]), c["shots"]))
         columns = [f"K={k} seed {s}" for k, s in sorted({(c["shots"], r["seed"]) for c in group for r in c["runs"]})]
-        grids = pd.DataFrame([(c["method"], f"K={c['shots']} seed {r['seed']}", f"[grid]({samples(r)})")
+        grids = t.rows([(c["method"], f"K={c['shots']} seed {r['seed']}", f"[grid]({samples(r)})")
                               for c in group for r in c["runs"] if samples(r)], columns=["Method", "column", "link"])
         table = grids.pivot_table(index="Method", columns="column", values="link", aggfunc="last")
         table = table.reindex(index=sorted(table.index, key=method_key), columns=columns).fillna("—")
-        lines += [f"**{concept}, {backbone}**", "", *markdown(table.reset_index(), "l" * (len(columns) + 1)), ""]
+        lines += [f"**{concept}, {backbone}**", "", *t.markdown(table.reset_index(), "l" * (len(columns) + 1)), ""]
         largest = max(c["shots"] for c in group)
         for c in group:
             if c["shots"] == largest and samples(first := c["runs"][0]):
@@ -290,8 +280,8 @@ def _fidelity_vs_time(cells: list[dict], path: Path) -> Path:
             ax.plot(xs, [100 * y for y in ys], color=colour, marker=marker, linestyle=dash[c["shots"]],
                     markeredgecolor="white", markeredgewidth=0.6)
             handles[c["method"]] = figures.marker_handle(c["method"])
-        for t in sorted({c["threshold"] for c in group if c["threshold"] is not None}):
-            handles["threshold"] = ax.axhline(100 * t, color="#999999", linestyle=":", linewidth=1.2)
+        for level in sorted({c["threshold"] for c in group if c["threshold"] is not None}):
+            handles["threshold"] = ax.axhline(100 * level, color="#999999", linestyle=":", linewidth=1.2)
         ax.set_ylim(-3, 103)
         ax.set_title(f"{concept}, {backbone}")
         ax.set_xlabel("Training time (s; checkpoints scored with the clock paused)")
@@ -327,19 +317,6 @@ def _ratio_vs_share(rows: list[dict], path: Path) -> Path:
     return figures.save(fig, path)
 
 
-def write_summary_csv(cells: list[dict], path: Path) -> Path:
-    table = pd.DataFrame({
-        **{k: [c[k] for c in cells] for k in ("backbone", "concept", "method", "shots")},
-        "n_seeds": [len(c["runs"]) for c in cells], "seeds": [seeds_text(c["seeds"]) for c in cells],
-        "timing_only": [int(c["timing_only"]) for c in cells],
-        **{k: [c[k] for c in cells] for k in ("trainable_params", "total_params")},
-        "reached_threshold": [c["reached"] for c in cells],
-        **{f"{m}_{stat}": ["" if mean(c, m) is None else g6(c[f"{m}_{stat}"]) for c in cells]
-           for m in (*QUALITY, *TIMES, *REAL) for stat in ("mean", "std")},
-    })
-    return write_csv(table, path)
-
-
 @section("generation", position=30, metric="step_seconds",  # the one number every run has, timing-only too
          fractions=("fidelity", "fidelity_per_prompt", "fidelity_threshold", "real_fidelity"))  # CLIP-I/T may be < 0
 def write(runs: list[dict], results: Path, options: Options) -> tuple[list[str], list[Path]]:
@@ -373,4 +350,7 @@ def write(runs: list[dict], results: Path, options: Options) -> tuple[list[str],
         *(f"![{title}]({link})\n" for title, link in links if "share" not in title),
         *_grids_section(cells),
     ]
-    return lines, [write_summary_csv(cells, results / "summary_gen.csv"), *(path for _, path in written)]
+    summary = t.write_summary(cells, results / "summary_gen.csv", [
+        "backbone", "concept", "method", "shots", "n_seeds", "seeds", "timing_only", "trainable_params",
+        "total_params", ("reached_threshold", "reached"), *t.mean_std([*QUALITY, *TIMES, *REAL])])
+    return lines, [summary, *(path for _, path in written)]
