@@ -58,6 +58,19 @@ def seed_cells(runs, keys: list[str], order: list[str] | None = None) -> list[di
     return cells
 
 
+def with_baselines(cells: list[dict], key: tuple[str, ...], order) -> dict[tuple, list[dict]]:
+    """Cells per (``key`` columns, shots), each group sorted by ``order``. Cells at 0 shots
+    (methods that train nothing, e.g. zero-shot) join every group of their key as its
+    baseline rows, and form a group of their own only where nothing trained."""
+    groups: dict[tuple, list[dict]] = {}
+    for c in sorted(cells, key=lambda c: c["shots"] == 0):  # trained groups first
+        own = tuple(c[k] for k in key)
+        homes = [g for g in groups if g[:-1] == own and g[-1] > 0] if c["shots"] == 0 else []
+        for group in homes or [(*own, c["shots"])]:
+            groups.setdefault(group, []).append(c)
+    return {g: sorted(v, key=order) for g, v in sorted(groups.items())}
+
+
 def metric_names(cell: dict) -> list[str]:
     """The metrics (not costs) a cell has a mean of."""
     return sorted(k[:-5] for k, v in cell.items() if k.endswith("_mean") and k[:-5] not in COSTS and not missing(v))

@@ -33,19 +33,8 @@ def summarise(runs) -> list[dict]:
 
 
 def groups_of(cells: list[dict]) -> dict[tuple, list[dict]]:
-    """Cells per (backbone, dataset, pairs). Runs that train nothing (zero-shot, 0 pairs)
-    join every group of their backbone and dataset as its baseline row; they form a group
-    of their own only where nothing was trained."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for c in cells:
-        if c["shots"] > 0:
-            groups[c["backbone"], c["dataset"], c["shots"]].append(c)
-    for c in cells:
-        if c["shots"] == 0:
-            homes = [g for g in groups if g[:2] == (c["backbone"], c["dataset"]) and g[2] > 0]
-            for group in homes or [(c["backbone"], c["dataset"], 0)]:
-                groups[group].append(c)
-    return {g: sorted(v, key=lambda c: method_key(c["method"])) for g, v in sorted(groups.items())}
+    """Cells per (backbone, dataset, pairs), zero-shot joining each as its baseline row."""
+    return t.with_baselines(cells, ("backbone", "dataset"), lambda c: method_key(c["method"]))
 
 
 def full_training(cells: list[dict]) -> dict | None:

@@ -11,7 +11,6 @@ without an answer for unseen classes (linear-probe) shows "—".
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -39,17 +38,8 @@ def summarise(runs) -> list[dict]:
 
 
 def groups_of(cells: list[dict]) -> dict[tuple[str, int], list[dict]]:
-    """Cells per (backbone, shots); untrained cells (0 shots) join every trained group of
-    their backbone, and form a group of their own only where nothing trained."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for c in cells:
-        if c["shots"] > 0:
-            groups[c["backbone"], c["shots"]].append(c)
-    for c in cells:
-        if c["shots"] == 0:
-            for group in [g for g in groups if g[0] == c["backbone"] and g[1] > 0] or [(c["backbone"], 0)]:
-                groups[group].append(c)
-    return {g: sorted(v, key=lambda c: (c["dataset"], method_key(c["method"]))) for g, v in sorted(groups.items())}
+    """Cells per (backbone, shots), zero-shot joining each as its baseline rows."""
+    return t.with_baselines(cells, ("backbone",), lambda c: (c["dataset"], method_key(c["method"])))
 
 
 def averages(cells: list[dict]) -> list[dict]:
