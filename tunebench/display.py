@@ -17,7 +17,7 @@ class Display:
     order: float  # rows, legends and curves sort by (order, name); cheapest first
     colour: str  # matplotlib colour, the same in every figure
     marker: str  # matplotlib marker
-    label: str | None = None  # shown instead of the name; None shows the name as run
+    label: str | None = None  # legend text in figures; None: the name as run (tables always show it)
 
 
 def display_of(declared: Display | Mapping[str, Display] | None, variant: str) -> Display | None:

@@ -14,6 +14,7 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from tunebench.registry import Registry
@@ -63,6 +64,7 @@ def sections() -> list[Section]:
     return sorted((SECTIONS.entry(name) for name in SECTIONS.names()), key=lambda s: (s.position, s.task))
 
 
+@cache
 def load() -> None:
     for module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{module.name}")

@@ -28,8 +28,8 @@ R1_LABEL = "Mean R@1, image↔text (%)"
 
 def summarise(runs) -> list[dict]:
     """One cell per (backbone, dataset, method, pairs); ``r1`` is the mean of the headline."""
-    return [{**c, "r1": c[f"{METRIC}_mean"], "trainable_percent": c["trainable_percent"] or 0.0}
-            for c in t.seed_cells(runs, ["backbone", "dataset", "method", "shots"], ["backbone", "dataset", "shots", "method"])]
+    cells = t.seed_cells(runs, ["backbone", "dataset", "method", "shots"], ["backbone", "dataset", "shots", "method"])
+    return [{**c, "r1": c[f"{METRIC}_mean"], "trainable_percent": c["trainable_percent"] or 0.0} for c in cells]
 
 
 def groups_of(cells: list[dict]) -> dict[tuple, list[dict]]:
