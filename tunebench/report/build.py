@@ -194,5 +194,6 @@ def build_report(results_dir: Path, *, reference_method: str = "cones", metric: 
     report_md = results_dir / "report.md"
     text = [*_preamble(runs, metric), *(body or ["No successful runs yet.", ""]), *_left_out(runs)]
     atomic_write_text(report_md, "\n".join(text).rstrip("\n") + "\n")
-    tables = [f for f in files if f.suffix == ".csv"]
-    return ReportFiles(tables[0], report_md, tuple(f for f in files if f.suffix == ".png"), tuple(tables[1:]))
+    summary = results_dir / "summary.csv"  # classification's, written even without runs
+    return ReportFiles(summary, report_md, tuple(f for f in files if f.suffix == ".png"),
+                       tuple(f for f in files if f.suffix != ".png" and f != summary))
