@@ -19,7 +19,8 @@ MARKERS = ("o", "s", "^", "D", "v", "X", "h", "<", ">", "p")
 
 
 def method_classes(base: str) -> list[type]:
-    """The classes registered under ``base``, classification family first."""
+    """The classes registered under ``base``, classification family first. The one place
+    that knows where method classes are registered: re-point it when the registries merge."""
     import tunebench.genmethods  # noqa: F401  (registers the generation methods)
     import tunebench.methods  # noqa: F401
     from tunebench.registry import GENERATION_METHODS, METHODS
