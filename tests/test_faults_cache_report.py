@@ -15,11 +15,11 @@ from PIL import Image
 
 from tunebench.bench.cli import main
 from tunebench.bench.features import FeatureCache
-from tunebench.bench.report import build_report
 from tunebench.bench.store import SCHEMA_VERSION
 from tunebench.datasets import load_dataset
 from tunebench.datasets.base import ArrayImages
 from tunebench.datasets.imagefolder import folder_label, image_folder
+from tunebench.report.build import build_report
 
 CPU = torch.device("cpu")
 TINY_RUN = ["--backbone", "tiny-clip", "--shots", "2", "--set", "train.steps=2", "--set", "train.image_size=16"]

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.test_report import ENV, make_results
-from tunebench.bench import report_gen
-from tunebench.bench.report import build_report
+from tunebench.report.build import build_report
+from tunebench.report.sections import generation as report_gen
 
 PNG = b"\x89PNG\r\n\x1a\n"
 # (step seconds, conditioning seconds, seconds to threshold per seed, fidelity per seed)
@@ -78,23 +78,23 @@ def test_cells_and_headline_numbers():
     comps = report_gen.comparisons(cells)
     assert len(comps) == 1  # timing-only runs are no quality comparison
     comp = comps[0]
-    assert comp.threshold_ratio == pytest.approx(25.0 / 50.0)  # mean 25 s vs mean 50 s
-    assert comp.ratio("step_seconds") == pytest.approx(0.5)
-    levels = comp.equal_levels
+    assert comp["threshold_ratio"] == pytest.approx(25.0 / 50.0)  # mean 25 s vs mean 50 s
+    assert comp["step_ratio"] == pytest.approx(0.5)
+    levels = comp["levels"]
     assert [v for v, _ in levels] == [0.7, 0.9]
     assert [r for _, r in levels] == pytest.approx([8.875 / 20.0, 10.0 / 20.0])
-    lit = next(c for c in cells if c.method == "lit" and not c.timing_only)
-    assert lit.reached == 1 and report_gen._threshold_cell(lit) == "10.0 (1/2)"
-    full = next(c for c in cells if c.method == "full-ft")
-    assert report_gen._threshold_cell(full) == "never (0/2)"
+    lit = next(c for c in cells if c["method"] == "lit" and not c["timing_only"])
+    assert lit["reached"] == 1 and report_gen.threshold_cell(lit) == "10.0 (1/2)"
+    full = next(c for c in cells if c["method"] == "full-ft")
+    assert report_gen.threshold_cell(full) == "never (0/2)"
 
 
 def test_share_rows_predict_the_ratio():
-    rows = {r.backbone: r for r in report_gen.share_rows(report_gen.summarise(gen_runs()))}
+    rows = {r["backbone"]: r for r in report_gen.share_rows(report_gen.summarise(gen_runs()))}
     mini = rows["mini-t2i"]
-    assert mini.ratio == pytest.approx(0.5) and mini.share == pytest.approx(0.45)
+    assert mini["ratio"] == pytest.approx(0.5) and mini["share"] == pytest.approx(0.45)
     wide = rows["t2i-timing:bertbase-large"]
-    assert wide.timing_only and wide.ratio == pytest.approx(0.5) and wide.share == pytest.approx(0.45)
+    assert wide["timing_only"] and wide["ratio"] == pytest.approx(0.5) and wide["share"] == pytest.approx(0.45)
 
 
 def test_section_in_report(built):
@@ -133,5 +133,5 @@ def test_report_with_generation_runs_is_byte_stable(tmp_path):
 
 
 def test_report_gen_does_not_import_torch():
-    code = "import sys, tunebench.bench.report_gen; assert 'torch' not in sys.modules"
+    code = "import sys, tunebench.report.sections.generation; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tunebench.bench.report import build_report, human_count
 from tunebench.errors import TunebenchError
+from tunebench.report.build import build_report
+from tunebench.report.table import count as human_count
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ENV = {
@@ -181,5 +182,5 @@ def test_human_count() -> None:
 
 
 def test_report_does_not_import_torch() -> None:
-    code = "import sys, tunebench.bench.report; assert 'torch' not in sys.modules"
+    code = "import sys, tunebench.report.build; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

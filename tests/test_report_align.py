@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.test_report import ENV, make_results
-from tunebench.bench import report_align
-from tunebench.bench.figures_align import pareto_front
-from tunebench.bench.report import build_report
+from tunebench.report.build import build_report
+from tunebench.report.figures import pareto_front
+from tunebench.report.sections import align as report_align
 
 TOTAL = 1_000_000
 # preset -> (trainable parameters, mean R@1 per seed). Full training is 0.60 on average.
@@ -62,36 +62,36 @@ def cells():
     return report_align.summarise(align_runs())
 
 
-def by_method(cells) -> dict[str, report_align.AlignCell]:
-    return {c.method: c for c in cells}
+def by_method(cells) -> dict[str, dict]:
+    return {c["method"]: c for c in cells}
 
 
 def test_cells_average_seeds(cells):
     lilt = by_method(cells)["lit:lilt"]
-    assert lilt.seeds == (1, 2)
-    assert lilt.r1 == pytest.approx(0.57)
-    assert lilt.stds["mean_r1"] == pytest.approx(0.014142, abs=1e-5)
-    assert lilt.trainable_percent == pytest.approx(4.0)
+    assert lilt["seeds"] == (1, 2)
+    assert lilt["r1"] == pytest.approx(0.57)
+    assert lilt["mean_r1_std"] == pytest.approx(0.014142, abs=1e-5)
+    assert lilt["trainable_percent"] == pytest.approx(4.0)
 
 
 def test_smallest_preset_within_threshold_of_full_training(cells):
     group = report_align.groups_of(cells)[("b0", "captions", 1000)]
     full = report_align.full_training(group)
-    assert full.method == "lit:all"
+    assert full["method"] == "lit:all"
     pick = {p: report_align.smallest_within(group, full, p) for p in (1, 5, 10, 20, 35)}
-    assert pick[1].method == "lit:lit"  # 99.2% of full
-    assert pick[5].method == "lit:lilt"  # 95%: exactly on the 5% line counts
-    assert pick[10].method == "lit:lilt"
-    assert pick[20].method == "lit:layernorm"
-    assert pick[35].method == "lit:projection"
+    assert pick[1]["method"] == "lit:lit"  # 99.2% of full
+    assert pick[5]["method"] == "lit:lilt"  # 95%: exactly on the 5% line counts
+    assert pick[10]["method"] == "lit:lilt"
+    assert pick[20]["method"] == "lit:layernorm"
+    assert pick[35]["method"] == "lit:projection"
     assert report_align.smallest_within(group, full, 0.1) is None  # zero-shot never counts
 
 
 def test_best_under_budget(cells):
     group = report_align.groups_of(cells)[("b0", "captions", 1000)]
     full = report_align.full_training(group)
-    assert report_align.best_under(group, full, 1.0).method == "lit:layernorm"
-    assert report_align.best_under(group, full, 7.0).method == "lit:lilt"
+    assert report_align.best_under(group, full, 1.0)["method"] == "lit:layernorm"
+    assert report_align.best_under(group, full, 7.0)["method"] == "lit:lilt"
     assert report_align.best_under(group, full, 0.1) is None
 
 
@@ -100,12 +100,15 @@ def test_zero_shot_joins_every_group_of_its_backbone():
     groups = report_align.groups_of(report_align.summarise(runs))
     assert list(groups) == [("b0", "captions", 1000), ("b0", "captions", 4000)]
     for cells in groups.values():
-        assert [c.method for c in cells][0] == "zero-shot"
+        assert [c["method"] for c in cells][0] == "zero-shot"
 
 
-def test_no_full_training_run_means_no_headline_row():
-    cells = report_align.summarise([r for r in align_runs() if r["method"] != "lit:all"])
-    lines = report_align.render_section(cells, [])
+def test_no_full_training_run_means_no_headline_row(tmp_path):
+    results = tmp_path / "results"
+    (results / "runs").mkdir(parents=True)
+    write_runs(results, [r for r in align_runs() if r["method"] != "lit:all"])
+    build_report(results)
+    lines = (results / "report.md").read_text().splitlines()
     assert not any(line.startswith("### Headline") for line in lines)
     assert any("no all-parameters run" in line for line in lines)
 

@@ -9,8 +9,8 @@ import json
 import pytest
 
 from tests.test_report import ENV, make_results
-from tunebench.bench import report_b2n
-from tunebench.bench.report import build_report
+from tunebench.report.build import build_report
+from tunebench.report.sections import base2new as report_b2n
 
 # method -> dataset -> ((base per seed), (new per seed)); linear-probe has no new answer.
 SCORES = {
@@ -55,22 +55,22 @@ def write_runs(results, runs) -> None:
 def test_cells_and_averages_follow_the_literature():
     groups = report_b2n.groups_of(report_b2n.summarise(b2n_runs()))
     assert list(groups) == [("mini", 16)]  # zero-shot (0 shots) joins the trained group
-    cells = {(c.method, c.dataset): c for c in groups["mini", 16]}
+    cells = {(c["method"], c["dataset"]): c for c in groups["mini", 16]}
     cones = cells["cones", "fash"]
-    assert (cones.base, cones.new) == (pytest.approx(0.82), pytest.approx(0.62))
-    assert cones.h == pytest.approx(2 * 0.82 * 0.62 / 1.44)  # H of the means
-    assert cells["linear-probe", "fash"].new is None and cells["linear-probe", "fash"].h is None
-    average = {a.method: a for a in report_b2n.averages(groups["mini", 16])}
-    assert average["cones"].base == pytest.approx(0.76) and average["cones"].new == pytest.approx(0.56)
-    assert average["cones"].h == pytest.approx(2 * 0.76 * 0.56 / 1.32)
-    assert average["linear-probe"].new is None
+    assert (cones["base"], cones["new"]) == (pytest.approx(0.82), pytest.approx(0.62))
+    assert cones["h"] == pytest.approx(2 * 0.82 * 0.62 / 1.44)  # H of the means
+    assert cells["linear-probe", "fash"]["new"] is None and cells["linear-probe", "fash"]["h"] is None
+    average = {a["method"]: a for a in report_b2n.averages(groups["mini", 16])}
+    assert average["cones"]["base"] == pytest.approx(0.76) and average["cones"]["new"] == pytest.approx(0.56)
+    assert average["cones"]["h"] == pytest.approx(2 * 0.76 * 0.56 / 1.32)
+    assert average["linear-probe"]["new"] is None
     assert list(average) == ["zero-shot", "linear-probe", "cones", "cocoop"]  # the report's method order
 
 
 def test_a_method_missing_a_dataset_has_no_average():
     runs = [r for r in b2n_runs() if not (r["method"] == "cocoop" and r["dataset"] == "anim")]
     groups = report_b2n.groups_of(report_b2n.summarise(runs))
-    assert "cocoop" not in {a.method for a in report_b2n.averages(groups["mini", 16])}
+    assert "cocoop" not in {a["method"] for a in report_b2n.averages(groups["mini", 16])}
 
 
 @pytest.fixture(scope="module")

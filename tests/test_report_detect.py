@@ -9,8 +9,8 @@ import json
 import pytest
 
 from tests.test_report import ENV, make_results
-from tunebench.bench import report_detect
-from tunebench.bench.report import build_report
+from tunebench.report.build import build_report
+from tunebench.report.sections import detect as report_detect
 
 TOTAL = 30_000_000
 # method -> (trainable, train seconds, novel box AP per (shots, seed))
@@ -54,12 +54,12 @@ def built(tmp_path_factory):
 
 
 def test_cells_average_seeds():
-    cells = {(c.method, c.shots): c for c in report_detect.summarise(detect_runs())}
+    cells = {(c["method"], c["shots"]): c for c in report_detect.summarise(detect_runs())}
     cones = cells["cones", 5]
-    assert cones.seeds == (1, 2)
-    assert cones.metric_mean == pytest.approx(0.32)
-    assert cones.stds["novel_bbox_ap"] == pytest.approx(0.028284, abs=1e-5)
-    assert cells["zero-shot", 0].pictures == ((0, "pictures/detect-zero-shot-0-0-predictions.png"),)
+    assert cones["seeds"] == (1, 2)
+    assert cones["novel_bbox_ap_mean"] == pytest.approx(0.32)
+    assert cones["novel_bbox_ap_std"] == pytest.approx(0.028284, abs=1e-5)
+    assert cells["zero-shot", 0]["pictures"] == ((0, "pictures/detect-zero-shot-0-0-predictions.png"),)
 
 
 def test_section_tables_ratios_and_pictures(built):

@@ -222,7 +222,7 @@ def _bench_cells(args, cells: list) -> None:
 
 
 def _report(args) -> None:
-    from tunebench.bench.report import build_report
+    from tunebench.report.build import build_report
 
     files = build_report(Path(args.results), reference_method=args.reference)
     for path in files.paths:

@@ -25,12 +25,14 @@ is ``("generation",)``, and a name the other tasks already use joins that method
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 
+from tunebench.display import Display
 from tunebench.methods.base import MethodConfig, TrainableParts
 from tunebench.models.t2i import TextToImageModel
 
@@ -56,6 +58,9 @@ class GenerationAdapter(TrainableParts, nn.Module, ABC):
     HOOKS: ClassVar[tuple[str, ...]] = ("conditioning",)
     trains: ClassVar[bool] = True
     variant_field: ClassVar[str | None] = None
+    # As on MethodAdapter; a generation method named like a classification one (cones,
+    # textual-inversion, full-ft) is shown as that one, so it declares nothing here.
+    display: ClassVar[Display | Mapping[str, Display] | None] = None
     # Whether producing the conditioning runs the text encoder at every training step
     # (the cost ConES removes); shown in the report.
     text_encoder_per_step: ClassVar[bool] = False

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from tunebench.display import Display
 from tunebench.genmethods.full_ft import IdentifierConfig, IdentifierPromptAdapter
 from tunebench.methods.base import hyperparameter, learning_rate
 from tunebench.registry import METHODS
@@ -42,6 +43,12 @@ class UnetAttentionConfig(IdentifierConfig):
 class UnetAttention(IdentifierPromptAdapter):
     summary = "UNet cross-attention key/value only (Custom-Diffusion-style; presets kv, cross-attn, attn)"
     config_class = UnetAttentionConfig
+    display = {
+        "": Display(order=58, colour="#E69F00", marker="v"),
+        "kv": Display(order=60, colour="#882255", marker="h"),
+        "cross-attn": Display(order=61, colour="#999933", marker="<"),
+        "attn": Display(order=62, colour="#332288", marker="p"),
+    }
     variant_field = "preset"
 
     def __init__(self, model, concept, config) -> None:

@@ -39,7 +39,7 @@ every module in its folder, so no other file changes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunebench.display import Display
 from tunebench.errors import ConfigError
 from tunebench.models.base import VisionLanguageBackbone, count_parameters
 from tunebench.registry import METHODS, TASKS
@@ -132,6 +133,9 @@ class MethodAdapter(TrainableParts, nn.Module, ABC):
     # A config field that a method name may set after a colon: ``lit:bitfit`` is
     # ``lit`` with ``preset: bitfit``, so one sweep can compare variants side by side.
     variant_field: ClassVar[str | None] = None
+    # Place, colour and marker in the report (tunebench.display); a mapping per variant
+    # for methods with variants. None: the report derives them from the name.
+    display: ClassVar[Display | Mapping[str, Display] | None] = None
 
     def __init__(
         self, backbone: VisionLanguageBackbone, classes: ClassPrompts, config: MethodConfig

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunebench.display import Display
 from tunebench.methods.base import Scorer, hyperparameter
 from tunebench.methods.coop import Coop, CoopConfig
 from tunebench.methods.prompts import SlotPrompts
@@ -40,6 +41,7 @@ class CocoopConfig(CoopConfig):
 
 @METHODS.register("cocoop")
 class Cocoop(Coop):
+    display = Display(order=35, colour="#117733", marker="H")  # a darker green: CoOp's kin
     summary = ("CoOp's context + a meta-net token from each image (CoCoOp); "
                "text encoder fwd+bwd over classes × images each step")
     config_class = CocoopConfig

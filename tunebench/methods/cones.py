@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunebench.display import Display
 from tunebench.methods.base import MethodAdapter, MethodConfig, learning_rate
 from tunebench.methods.zero_shot import prompt_ensemble_embeddings
 from tunebench.registry import METHODS
@@ -26,6 +27,7 @@ class ConesConfig(MethodConfig):
 
 @METHODS.register("cones")
 class Cones(MethodAdapter):
+    display = Display(order=20, colour="#D55E00", marker="o")
     summary = "class embeddings learned in text-output space; text encoder not run while tuning"
     config_class = ConesConfig
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunebench.display import Display
 from tunebench.methods.base import MethodAdapter, MethodConfig, hyperparameter, learning_rate
 from tunebench.methods.prompts import PLACEHOLDER, SlotPrompts, word_embedding
 from tunebench.registry import METHODS
@@ -34,6 +35,7 @@ class CoopConfig(MethodConfig):
 
 @METHODS.register("coop")
 class Coop(MethodAdapter):
+    display = Display(order=30, colour="#009E73", marker="^")
     summary = "shared context vectors at the text input (CoOp); text encoder fwd+bwd each step"
     config_class = CoopConfig
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from tunebench.display import Display
 from tunebench.methods.base import MethodAdapter, MethodConfig, hyperparameter, learning_rate
 from tunebench.methods.prompts import FixedPrompts, single_prompt_embeddings
 from tunebench.registry import METHODS
@@ -20,6 +21,7 @@ class FullFinetuneConfig(MethodConfig):
 
 @METHODS.register("full-ft")
 class FullFinetune(MethodAdapter):
+    display = Display(order=90, colour="#000000", marker="P")
     summary = "every backbone parameter trains; images go through the image tower each step"
     config_class = FullFinetuneConfig
     tasks = (*MethodAdapter.tasks, "align")  # it trains the towers, so it can align them

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tunebench.display import Display
 from tunebench.methods.base import MethodAdapter, MethodConfig, hyperparameter, learning_rate
 from tunebench.registry import METHODS
 
@@ -22,6 +23,7 @@ class LinearProbeConfig(MethodConfig):
 
 @METHODS.register("linear-probe")
 class LinearProbe(MethodAdapter):
+    display = Display(order=10, colour="#0072B2", marker="s")
     summary = "linear head (weights + bias) on frozen image features; text unused"
     config_class = LinearProbeConfig
     # It classifies with a head of its own, not class embeddings, so it cannot score

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunebench.display import Display
 from tunebench.methods.base import (
     MethodAdapter,
     MethodConfig,
@@ -119,6 +120,19 @@ def _through(bottleneck: Bottleneck):
 @METHODS.register("lit")
 class Lit(MethodAdapter):
     summary = "partial unfreezing by named groups (presets: " + ", ".join(PRESETS) + ")"
+    # One entry per preset (``lit:bitfit``), "" for plain ``lit``; cheapest preset first.
+    display = {
+        "projection": Display(order=50, colour="#0072B2", marker="s"),
+        "layernorm": Display(order=51, colour="#56B4E9", marker="X"),
+        "bitfit": Display(order=52, colour="#009E73", marker="^"),
+        "norms": Display(order=53, colour="#44AA99", marker=">"),
+        "lilt": Display(order=54, colour="#D55E00", marker="o"),
+        "attention": Display(order=55, colour="#CC79A7", marker="D"),
+        "lit": Display(order=56, colour="#E69F00", marker="v"),
+        "heads": Display(order=57, colour="#56B4E9", marker="X"),
+        "": Display(order=58, colour="#E69F00", marker="v"),
+        "all": Display(order=59, colour="#000000", marker="P"),  # every parameter: black, as full-ft
+    }
     config_class = LitConfig
     variant_field = "preset"
     tasks = (*MethodAdapter.tasks, "align")  # what it trains is inside the towers, so it can align them

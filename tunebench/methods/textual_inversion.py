@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunebench.display import Display
 from tunebench.methods.base import MethodAdapter, MethodConfig, learning_rate
 from tunebench.methods.prompts import (
     PLACEHOLDER,
@@ -31,6 +32,7 @@ class TextualInversionConfig(MethodConfig):
 
 @METHODS.register("textual-inversion")
 class TextualInversion(MethodAdapter):
+    display = Display(order=40, colour="#CC79A7", marker="D")
     summary = "one new input token per class in 'a photo of a X.'; text encoder fwd+bwd each step"
     config_class = TextualInversionConfig
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tunebench.display import Display
 from tunebench.methods.base import MethodAdapter
 from tunebench.registry import METHODS
 
@@ -21,6 +22,7 @@ def prompt_ensemble_embeddings(backbone, classes) -> torch.Tensor:
 
 @METHODS.register("zero-shot")
 class ZeroShot(MethodAdapter):
+    display = Display(order=0, colour="#555555", marker="*")
     summary = "class-prompt ensemble through the frozen text encoder; no training"
     trains = False
     tasks = (*MethodAdapter.tasks, "align")  # on align: the towers as they are, the baseline

@@ -1,0 +1,199 @@
+"""The report step: rebuild tables, markdown and figures from ``results/runs/`` alone.
+
+Nothing here trains. The outputs are a pure function of the run files: everything is
+sorted, floats are formatted with fixed precision and no clock is read, so rebuilding
+from the same runs gives byte-identical files (``make`` and ``git diff`` stay quiet).
+Each task's runs go to its section (``tunebench.report.sections``); this module reads
+the store, checks each record, and frames the sections with the reading guide, the
+environment and the runs left out.
+
+Metrics are fractions in [0, 1]; the markdown and figures show them in percent.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from tunebench.bench.store import REQUIRED_KEYS, atomic_write_text
+from tunebench.errors import TunebenchError
+from tunebench.report.checks import cost_problem, is_finite_number, metrics_problem, schema_problem
+from tunebench.report.sections import Options, section_for, sections
+from tunebench.report.style import method_key
+from tunebench.report.table import markdown
+
+_RUN_HINT = "run `make bench` (or `tunebench bench`) first"
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """Paths written by `build_report`."""
+
+    summary_csv: Path
+    report_md: Path
+    figures: tuple[Path, ...]
+    track_tables: tuple[Path, ...] = ()  # each track's own summary CSV
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        return (self.summary_csv, *self.track_tables, self.report_md, *self.figures)
+
+
+@dataclass(frozen=True)
+class Runs:
+    ok: tuple[dict, ...]
+    failed: tuple[dict, ...]
+    skipped: tuple[str, ...]  # "file name: reason", for files that could not be used
+
+
+# ---- reading the run store -----------------------------------------------------------
+
+
+def _problem(run, metric: str) -> str | None:
+    """Why a parsed run file cannot be used, or None when it can."""
+    if not isinstance(run, dict):
+        return "not a JSON object"
+    if problem := schema_problem(run):
+        return problem
+    missing = [key for key in REQUIRED_KEYS if key not in run]
+    if missing:
+        more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+        return f"missing keys {', '.join(missing[:4])}{more}"
+    for key in ("task", "dataset", "method", "backbone"):
+        if not isinstance(run[key], str):
+            return f"{key} is not a string"
+    if "dataset_label" in run and not (isinstance(run["dataset_label"], str) and run["dataset_label"]):
+        return "dataset_label is not a non-empty string"
+    section = section_for(run["task"])  # a track's runs are judged by its own headline metric
+    metric = section.metric or metric
+    for key in ("shots", "seed"):
+        if not isinstance(run[key], int) or isinstance(run[key], bool):
+            return f"{key} is not an integer"
+    if run["status"] not in ("ok", "failed"):
+        return f"unknown status {run['status']!r}"
+    if run["status"] == "failed":
+        return None
+    if not isinstance(run["metrics"], dict) or not is_finite_number(run["metrics"].get(metric)):
+        return f"successful run without a numeric metrics[{metric!r}]"
+    return metrics_problem(run["metrics"], section.fractions) or cost_problem(run)
+
+
+def load_runs(runs_dir: Path, *, metric: str = "top1") -> Runs:
+    """Read every ``*.json`` in ``runs_dir``; unusable files are warned about and skipped."""
+    paths = sorted(Path(runs_dir).glob("*.json")) if Path(runs_dir).is_dir() else []
+    if not paths:
+        raise TunebenchError(f"no run results in {runs_dir}: {_RUN_HINT}")
+    ok, failed, skipped = [], [], []
+    for path in paths:
+        try:
+            run = json.loads(path.read_text())
+            problem = _problem(run, metric)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            problem = f"unreadable JSON ({type(exc).__name__})"
+        if problem:
+            print(f"warning: skipping {path.name}: {problem}", file=sys.stderr)
+            skipped.append(f"{path.name}: {problem}")
+        else:  # named by its short label where it has one: `pets-3f2a9c1b`, not imagefolder:/long/path/pets
+            (ok if run["status"] == "ok" else failed).append({**run, "dataset": run.get("dataset_label",
+                                                                                          run["dataset"])})
+    if not ok and not failed:
+        raise TunebenchError(f"none of the {len(paths)} files in {runs_dir} is a usable run result: {_RUN_HINT}")
+    return Runs(tuple(ok), tuple(failed), tuple(skipped))
+
+
+# ---- the frame around the sections ---------------------------------------------------
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _environment_lines(runs) -> list[str]:
+    """Hardware and software of the runs; where runs differ, distinct values joined by ' / '."""
+    hardware: dict[str, set[str]] = defaultdict(set)
+    software: dict[str, set[str]] = defaultdict(set)
+    for run in runs:
+        env = run["env"] if isinstance(run["env"], dict) else {}
+        for key, value in (env.get("hardware") or {}).items():
+            if value is not None:
+                hardware[key].add(str(value))
+        for key, value in (env.get("versions") or {}).items():
+            if value is not None:
+                software[key].add(str(value))
+        if env.get("python"):
+            software["python"].add(str(env["python"]))
+        if env.get("commit"):
+            software["commit"].add(str(env["commit"])[:12] + (" (dirty)" if env.get("dirty") else ""))
+    first = ("device", "gpu", "gpu_memory_gb", "cpu", "cpu_count", "torch_threads", "platform")
+    hw_keys = [k for k in first if k in hardware] + sorted(set(hardware) - set(first))
+    sw_keys = [k for k in ("python", "torch") if k in software]
+    sw_keys += sorted(set(software) - {"python", "torch", "commit"}) + ["commit"] * ("commit" in software)
+    hw = "; ".join(f"{k}: {' / '.join(sorted(hardware[k]))}" for k in hw_keys) or "not recorded"
+    sw = "; ".join(f"{k} {' / '.join(sorted(software[k]))}" for k in sw_keys) or "not recorded"
+    return [f"- **Hardware:** {_md_escape(hw)}", f"- **Software:** {_md_escape(sw)}"]
+
+
+def _preamble(runs: Runs, metric: str) -> list[str]:
+    return [
+        "# tunebench results", "",
+        "**How to read this.** Each table row is a tuning method; an accuracy cell is the mean "
+        f"± sample standard deviation (ddof = 1) of {metric} over seeds, in percent, for that "
+        "number of training images per class (shots); a cell from a single seed shows no ±. "
+        "Zero-shot trains nothing and sits in the 0-shot column. *Seeds* counts successful runs per "
+        "cell. *Trainable* counts the parameters the method updates and *% trainable* divides "
+        "it by all parameters of the model, frozen ones included. *Train s* is the wall-clock "
+        "time of training in seconds (mean over the cells of the row) on the hardware below; "
+        "it excludes evaluation and the one-off computation of frozen image features for the "
+        "shared cache (`feature_seconds_mean` in `summary.csv`, which also lists memory and "
+        "throughput). Failed runs are listed at the end and left out of every number. Where "
+        "runs differ in hardware or versions, the distinct values are joined by ' / '.", "",
+        *_environment_lines(runs.ok or runs.failed), "",
+    ]
+
+
+def _left_out(runs: Runs) -> list[str]:
+    lines = []
+    if runs.failed:
+        failed = pd.DataFrame(runs.failed).sort_values(
+            ["dataset", "method", "shots", "seed", "config_hash"],
+            key=lambda s: s.map(method_key) if s.name == "method" else s, kind="stable")
+        table = pd.DataFrame({
+            "Method": failed.method, "Dataset": failed.dataset, "Shots": failed.shots.map(str),
+            "Seed": failed.seed.map(str),
+            "Error": [_md_escape((str(e or "(no message)").strip().splitlines() or [""])[0]) for e in failed.error],
+            "Run": [f"`{h}`" for h in failed.config_hash]})
+        lines += ["## Failed runs", "", "Left out of every table and figure above.", "",
+                  *markdown(table, "llrrll"), ""]
+    if runs.skipped:
+        lines += ["## Skipped run files", "",
+                  "Not read: unreadable, from another record format, or with values out of range.", ""]
+        lines += [f"- `{_md_escape(s)}`" for s in runs.skipped] + [""]
+    return lines
+
+
+def build_report(results_dir: Path, *, reference_method: str = "cones", metric: str = "top1") -> ReportFiles:
+    """Rebuild ``summary.csv``, the track CSVs, ``report.md`` and ``figures/`` from ``results_dir/runs``."""
+    results_dir = Path(results_dir)
+    runs = load_runs(results_dir / "runs", metric=metric)
+    options = Options(reference=reference_method, metric=metric)
+    by_section = defaultdict(list)
+    for run in runs.ok:
+        by_section[section_for(run["task"]).task].append(run)
+    # A section writes its files only when it has runs (classification's summary.csv
+    # always), so a classification-only store gives the same files as before the tracks.
+    body, files = [], []
+    for part in sections():
+        lines, written = part.write(by_section[part.task], results_dir, options)
+        body += lines
+        files += written
+    report_md = results_dir / "report.md"
+    text = [*_preamble(runs, metric), *(body or ["No successful runs yet.", ""]), *_left_out(runs)]
+    atomic_write_text(report_md, "\n".join(text).rstrip("\n") + "\n")
+    summary = results_dir / "summary.csv"  # classification's, written even without runs
+    return ReportFiles(summary, report_md, tuple(f for f in files if f.suffix == ".png"),
+                       tuple(f for f in files if f.suffix != ".png" and f != summary))
