@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tunebench.bench.config import TrainConfig, method_config
-from tunebench.bench.training import train_classifier
+from tunebench.config import TrainConfig, method_config
 from tunebench.models.base import count_parameters
 from tunebench.registry import METHODS, load_all
+from tunebench.tasks.classification import train_classifier
 
 load_all()
 ALL_METHODS = METHODS.names()

@@ -26,8 +26,9 @@ from tunebench.bench.report_checks import (
     metrics_problem,
     schema_problem,
 )
-from tunebench.bench.store import REQUIRED_KEYS, atomic_write_text
+from tunebench.bench.store import REQUIRED_KEYS
 from tunebench.errors import TunebenchError
+from tunebench.paths import atomic_write_text
 
 # Cheapest to most expensive; methods not named here follow alphabetically.
 METHOD_ORDER = ("zero-shot", "linear-probe", "cones", "coop", "cocoop", "textual-inversion", "lit", "full-ft")

@@ -22,7 +22,7 @@ from tunebench.bench.report_common import (
     seed_statistics,
     share,
 )
-from tunebench.bench.store import atomic_write_text
+from tunebench.paths import atomic_write_text
 
 TASK = "align"
 METRIC = "mean_r1"  # what every align run must have; the headline metric

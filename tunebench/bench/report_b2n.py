@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunebench.bench.report_common import (
-    harmonic_mean,
     markdown_table,
     percent_cell,
     seed_groups,
     share,
 )
-from tunebench.bench.store import atomic_write_text
+from tunebench.paths import atomic_write_text
+from tunebench.scores import harmonic_mean
 
 TASK = "base2new"
 METRIC = "base"  # every base2new run has it; "new" and "h" are None for linear-probe

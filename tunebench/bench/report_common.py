@@ -43,14 +43,6 @@ def seed_groups(runs, key: Callable[[dict], tuple]) -> Iterator[tuple[tuple, lis
         )
 
 
-def harmonic_mean(base: float, new: float | None) -> float | None:
-    """Base-to-new's single number H = 2·base·new / (base + new): None without a new
-    score, 0 when both are 0."""
-    if new is None:
-        return None
-    return 0.0 if base + new == 0 else 2 * base * new / (base + new)
-
-
 def mean_of(runs: list[dict], key: str) -> float:
     return statistics.fmean(float(r[key]) for r in runs)
 

@@ -20,7 +20,7 @@ from tunebench.bench.report_common import (
     seed_groups,
     share,
 )
-from tunebench.bench.store import atomic_write_text
+from tunebench.paths import atomic_write_text
 
 TASK = "detect"
 METRIC = "novel_bbox_ap"  # what every detect run has; the headline metric

@@ -19,8 +19,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunebench.bench.curves import equal_fidelity
-from tunebench.bench.store import atomic_write_text
+from tunebench.paths import atomic_write_text
+from tunebench.scores import equal_fidelity
 
 TASK = "generation"
 METRIC = "step_seconds"  # the one number every generation run has, timing-only ones included
