@@ -22,6 +22,7 @@ from tunebench.engine.features import FeatureCache
 from tunebench.engine.training import seed_everything
 from tunebench.errors import ConfigError
 from tunebench.methods.base import resolve_method
+from tunebench.models.judge import load_judge
 from tunebench.registry import BACKBONES, TASKS, load_all, method_registry
 from tunebench.tasks.base import TaskContext
 
@@ -157,6 +158,8 @@ def run_counted(task: str, method: str, monkeypatch, tmp_path) -> tuple[Steps, T
         _BACKBONES[config.backbone] = BACKBONES.get(config.backbone)(None).eval()
     backbone = copy.deepcopy(_BACKBONES[config.backbone])
     passes = TextTowerPasses(backbone.text_encoder if task == "generation" else backbone.text_tower)
+    if task == "generation":  # its judge is built on first use through the same engine: not here
+        load_judge(GENERATION_TASK["judge"])
     steps = Steps(passes, monkeypatch)
     seed_everything(config.seed)
     context = TaskContext(backbone=backbone, device=torch.device("cpu"), features=FeatureCache(tmp_path / "f"))

@@ -152,10 +152,9 @@ class Optimization:
 
     def steps(self, *, desc: str, model: torch.nn.Module | None = None, inner: bool = True,
               **bar) -> Iterator[int]:
-        """Step numbers under a progress bar (``self.bar``). ``model`` is put in train mode
-        first and in eval mode at the end; after the last step the parameters are checked:
-        ``update`` checks each loss before its update, so an update that leaves NaN or
-        infinite weights is seen only by the next step's loss, which the last step never gets."""
+        """Step numbers under a progress bar (``self.bar``); after the last one, the
+        parameters are checked (``check_finite_parameters``). ``model`` is put in train
+        mode first and in eval mode at the end."""
         if model is not None:
             model.train()
         self.bar = progress(range(self.total), desc=desc, unit="step", inner=inner, **bar)

@@ -15,7 +15,9 @@ so that a_c · e(f) is the rank-D approximation of the classifier logit for clas
 The text tower and its projection are then trained contrastively (InfoNCE over all
 1000 anchors) to map "a photo of a {synonym}." onto a_c. No image of the evaluation
 datasets is used; ImageNet's vocabulary does contain names that also occur there
-(zebra, sandal, ...), which the report says. Everything is in ``build_mini_clip``.
+(zebra, sandal, ...), which the report says. ``RECIPE`` below names the built weights
+(its hash names the cache folder and enters every run's config hash); the training job
+that follows it is ``tunebench/builds/mini_clip.py``.
 """
 
 from __future__ import annotations
