@@ -3,7 +3,6 @@ CNN trained on every class of Fashion-MNIST and Animal-MNIST."""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tunebench.builds.base import build_lock
+from tunebench.builds.base import build_lock, write_build
 from tunebench.datasets import load_dataset
 from tunebench.datasets.fewshot import stratified_split
 from tunebench.engine.training import Optimization
@@ -53,8 +52,6 @@ def _shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch
 
 
 def build_judge(name: str = "mnist20", force: bool = False) -> Path:
-    from safetensors.torch import save_file
-
     recipe = RECIPES[name]
     target = built_dir(name)
     with build_lock(target.parent / f".{target.name}.lock"):
@@ -83,24 +80,10 @@ def build_judge(name: str = "mnist20", force: bool = False) -> Path:
             "test_accuracy": round(float((predicted == test_y).mean()), 4),
             "test_images": int(len(test_y)), "test_accuracy_per_class": per_class,
         }
-        _publish(target, {k: v.contiguous() for k, v in net.state_dict().items()}, record, save_file)
+        write_build(target, {k: v.contiguous() for k, v in net.state_dict().items()}, record)
         print(f"judge {name} built in {record['build_seconds']} s: held-out test accuracy "
               f"{record['test_accuracy']:.3f} over {len(classes)} classes", file=sys.stderr)
         return target
-
-
-def _publish(target: Path, state: dict, record: dict, save_file) -> None:
-    import os
-    import shutil
-    import tempfile
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    save_file(state, str(staging / "weights.safetensors"))
-    (staging / "recipe.json").write_text(json.dumps(record, indent=2) + "\n")
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(staging, target)
 
 
 @BUILDS.register("gen-judge")
