@@ -124,3 +124,21 @@ def test_the_scan_sees_function_level_and_relative_imports(tmp_path, monkeypatch
                                       "from ..bench import runner\n")
     monkeypatch.setattr(f"{__name__}.ROOT", tmp_path / "tunebench")
     assert {name for _, name in imports(package / "probe.py")} == {"tunebench.tasks", "tunebench.bench"}
+
+
+@pytest.mark.parametrize(("backbone", "build"), [("mini-clip", "mini-clip"), ("mini-det", "mini-det")])
+def test_a_backbone_without_its_build_asks_the_registry(backbone, build, monkeypatch):
+    """models/ cannot import builds/: a backbone whose cache is empty (the tests' cache
+    is) gets built through ``registry.build_model``, which finds the registered job."""
+    from tunebench.registry import BACKBONES, BUILDS, load_all
+
+    class Asked(Exception):
+        pass
+
+    def fake_build(force: bool = False):
+        raise Asked(build)
+
+    load_all()
+    monkeypatch.setitem(BUILDS._entries, build, fake_build)
+    with pytest.raises(Asked, match=build):
+        BACKBONES.get(backbone)(None)
