@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from tunebench.bench.config import RunConfig, TrainConfig, method_config, task_config
 from tunebench.bench.runner import Runner, validate_cells
 from tunebench.bench.sweep import SweepConfig, expand
+from tunebench.config import RunConfig, TrainConfig, method_config, task_config
 from tunebench.errors import ConfigError
 from tunebench.methods.base import ClassPrompts, resolve_method
 from tunebench.methods.lit import PRESETS

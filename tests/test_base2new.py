@@ -17,8 +17,8 @@ from tests.test_faults_config import (
     stored,
 )
 from tests.test_methods import make
-from tunebench.bench.config import RunConfig
 from tunebench.bench.runner import validate_cells
+from tunebench.config import RunConfig
 from tunebench.datasets import fewshot_indices, load_dataset
 from tunebench.datasets.base import ArrayImages, ClassificationDataset
 from tunebench.datasets.class_split import split_base_new
@@ -27,7 +27,7 @@ from tunebench.methods.base import ClassPrompts
 from tunebench.methods.prompts import single_prompt_embeddings
 from tunebench.methods.zero_shot import prompt_ensemble_embeddings
 from tunebench.registry import DATASETS, METHODS, load_all
-from tunebench.report.table import harmonic_mean
+from tunebench.scores import harmonic_mean
 
 load_all()
 

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from tunebench.bench import training
-from tunebench.bench.config import RunConfig, TrainConfig, task_config
 from tunebench.bench.runner import Runner, validate_cells
+from tunebench.config import RunConfig, TrainConfig, task_config
+from tunebench.engine import training
 from tunebench.errors import ConfigError
 from tunebench.methods.base import MethodAdapter, resolve_method
 from tunebench.registry import TASKS, load_all
@@ -116,13 +116,13 @@ def _nan_after_last_step(original):
     return step
 
 
-@pytest.mark.parametrize(("task", "method", "module"), [
-    ("fewshot-cls", "coop", "tunebench.bench.training"),
-    ("detect", "cones", "tunebench.tasks.detection"),
-    ("align", "lit:projection", "tunebench.tasks.align"),
+@pytest.mark.parametrize(("task", "method"), [
+    ("fewshot-cls", "coop"),
+    ("detect", "cones"),
+    ("align", "lit:projection"),
 ])
-def test_nan_weights_after_the_last_step_fail_the_cell(task, method, module, tmp_path, monkeypatch):
-    monkeypatch.setattr(f"{module}.optimizer_step", _nan_after_last_step(training.optimizer_step))
+def test_nan_weights_after_the_last_step_fail_the_cell(task, method, tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "optimizer_step", _nan_after_last_step(training.optimizer_step))
     record = Runner(tmp_path).run(_cell(task, method))
     assert record["status"] == "failed"
     assert record["error"].startswith("trainable parameters became non-finite at step 2 (the last)")

@@ -14,10 +14,10 @@ from tests.test_faults_config import (
     stored,
 )
 from tests.test_methods import make
-from tunebench.bench.config import TrainConfig
-from tunebench.bench.training import train_classifier
+from tunebench.config import TrainConfig
 from tunebench.methods import cocoop as cocoop_module
 from tunebench.registry import load_all
+from tunebench.tasks.classification import train_classifier
 
 load_all()
 

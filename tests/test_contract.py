@@ -19,15 +19,15 @@ from torch import nn
 
 from tests.test_faults_config import assert_nothing_written, one_line_error, run_cli
 from tunebench.bench.cli import main
-from tunebench.bench.config import (
+from tunebench.bench.runner import Runner
+from tunebench.bench.sweep import expand, load_sweep
+from tunebench.config import (
     RunConfig,
     TrainConfig,
     build_dataclass,
     method_config,
     task_config,
 )
-from tunebench.bench.runner import Runner
-from tunebench.bench.sweep import expand, load_sweep
 from tunebench.errors import ConfigError
 from tunebench.methods.base import (
     MethodAdapter,

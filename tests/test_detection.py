@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tunebench.bench.config import RunConfig, TrainConfig, method_config
+from tunebench.config import RunConfig, TrainConfig, method_config
 from tunebench.datasets import load_dataset
 from tunebench.datasets.canvas import CanvasRecipe, SpritePool, compose, tight_box
 from tunebench.datasets.detection import fewshot_images, load_coco_folder, write_split

@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 
 from tunebench.bench.cli import main
-from tunebench.bench.features import FeatureCache
 from tunebench.bench.store import SCHEMA_VERSION
 from tunebench.datasets import load_dataset
 from tunebench.datasets.base import ArrayImages
 from tunebench.datasets.imagefolder import folder_label, image_folder
+from tunebench.engine.features import FeatureCache
 from tunebench.report.build import build_report
 
 CPU = torch.device("cpu")
@@ -174,8 +174,8 @@ def test_track_fractions_are_checked_by_each_track(tmp_path, capsys):
 
 
 def test_new_records_carry_the_schema_version(tmp_path):
-    from tunebench.bench.config import RunConfig
     from tunebench.bench.executors import lost_cell_record
+    from tunebench.config import RunConfig
 
     lost = lost_cell_record(RunConfig("fewshot-cls", "tiny-shapes", "cones", "tiny-clip", 2, 0), "worker lost")
     assert lost["schema_version"] == SCHEMA_VERSION and lost["dataset_label"] == "tiny-shapes"

@@ -16,15 +16,15 @@ import torch
 import yaml
 
 from tunebench.bench.cli import main, make_parser
-from tunebench.bench.config import (
+from tunebench.bench.runner import validate_cells
+from tunebench.bench.sweep import expand, load_sweep
+from tunebench.config import (
     RunConfig,
     TrainConfig,
     build_dataclass,
     method_config,
     task_config,
 )
-from tunebench.bench.runner import validate_cells
-from tunebench.bench.sweep import expand, load_sweep
 from tunebench.errors import ConfigError
 from tunebench.methods.base import resolve_method
 from tunebench.registry import BACKBONES, METHODS, TASKS, load_all
@@ -322,7 +322,7 @@ def test_mini_clip_folder_for_another_model_is_bad_input(tmp_path, capsys):
 
 
 def test_gpu_index_beyond_the_machine_is_bad_input(monkeypatch):
-    from tunebench.bench.training import resolve_device
+    from tunebench.engine.training import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

@@ -24,8 +24,9 @@ import yaml
 
 from tunebench.bench.cli import main
 from tunebench.bench.lock import LOCK_NAME, results_lock
-from tunebench.bench.store import REQUIRED_KEYS, RunStore, atomic_output, atomic_write_text
+from tunebench.bench.store import REQUIRED_KEYS, RunStore
 from tunebench.bench.sweep import expand, load_sweep
+from tunebench.paths import atomic_output, atomic_write_text
 from tunebench.registry import load_all
 
 REPO = Path(__file__).resolve().parents[1]

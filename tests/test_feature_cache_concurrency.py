@@ -13,8 +13,8 @@ WORKERS = 6
 
 def _request(root: str, start: int, queue, barrier) -> None:
     """In a child process: ask the shared cache for an overlapping slice of rows."""
-    from tunebench.bench.features import FeatureCache
     from tunebench.datasets import load_dataset
+    from tunebench.engine.features import FeatureCache
     from tunebench.models.tiny import build_tiny_clip
 
     torch.set_num_threads(1)
@@ -28,8 +28,8 @@ def _request(root: str, start: int, queue, barrier) -> None:
 
 
 def test_concurrent_writers_keep_every_row(tmp_path):
-    from tunebench.bench.features import FeatureCache
     from tunebench.datasets import load_dataset
+    from tunebench.engine.features import FeatureCache
     from tunebench.models.tiny import build_tiny_clip
 
     context = multiprocessing.get_context("spawn")  # fresh interpreters, like Ray workers

@@ -17,9 +17,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tunebench.bench import curves
-from tunebench.bench.config import RunConfig, TrainConfig, method_config, task_config
+from tunebench import scores
 from tunebench.bench.runner import Runner, validate_cells
+from tunebench.config import RunConfig, TrainConfig, method_config, task_config
 from tunebench.errors import ConfigError
 from tunebench.genmethods.base import ConceptPrompts
 from tunebench.genmethods.unet_attn import PRESETS
@@ -252,19 +252,19 @@ def test_seconds_to_threshold_interpolates_or_is_none():
     curve = [{"step": 0, "train_seconds": 1.0, "fidelity": 0.0},
              {"step": 10, "train_seconds": 11.0, "fidelity": 0.25},
              {"step": 20, "train_seconds": 21.0, "fidelity": 0.75}]
-    assert curves.seconds_to_threshold(curve, 0.5) == pytest.approx(16.0)  # halfway from 11 to 21
-    assert curves.seconds_to_threshold(curve, 0.75) == pytest.approx(21.0)
-    assert curves.seconds_to_threshold(curve, 0.8) is None
-    assert curves.seconds_to_threshold(curve[1:], 0.2) == 11.0  # first checkpoint already above
-    assert curves.seconds_to_threshold(list(reversed(curve)), 0.5) == pytest.approx(16.0)
+    assert scores.seconds_to_threshold(curve, 0.5) == pytest.approx(16.0)  # halfway from 11 to 21
+    assert scores.seconds_to_threshold(curve, 0.75) == pytest.approx(21.0)
+    assert scores.seconds_to_threshold(curve, 0.8) is None
+    assert scores.seconds_to_threshold(curve[1:], 0.2) == 11.0  # first checkpoint already above
+    assert scores.seconds_to_threshold(list(reversed(curve)), 0.5) == pytest.approx(16.0)
 
 
 def test_equal_fidelity_is_the_highest_level_both_reach():
     fast = [{"step": 0, "train_seconds": 0.0, "fidelity": 0.0}, {"step": 5, "train_seconds": 2.0, "fidelity": 1.0}]
     slow = [{"step": 0, "train_seconds": 0.0, "fidelity": 0.0}, {"step": 5, "train_seconds": 8.0, "fidelity": 0.5}]
-    assert curves.equal_fidelity(fast, slow) == (0.5, 1.0, 8.0)  # fast reaches 0.5 halfway, at 1 s
+    assert scores.equal_fidelity(fast, slow) == (0.5, 1.0, 8.0)  # fast reaches 0.5 halfway, at 1 s
     flat = [{"step": 0, "train_seconds": 0.0, "fidelity": 0.5}, {"step": 5, "train_seconds": 8.0, "fidelity": 0.5}]
-    assert curves.equal_fidelity(fast, flat) is None  # no gain over its start: time says nothing
+    assert scores.equal_fidelity(fast, flat) is None  # no gain over its start: time says nothing
 
 
 # ---- end to end through the runner -------------------------------------------------------------

@@ -16,8 +16,8 @@ import string
 import pytest
 import torch
 
-from tunebench.bench.config import RunConfig, TrainConfig, method_config, task_config
 from tunebench.bench.runner import Runner, validate_cells
+from tunebench.config import RunConfig, TrainConfig, method_config, task_config
 from tunebench.methods.base import resolve_method
 from tunebench.registry import BACKBONES, TASKS, load_all
 

@@ -19,8 +19,7 @@ import torch
 
 from tests.test_methods import make
 from tunebench.bench.cli import main
-from tunebench.bench.config import TrainConfig
-from tunebench.bench.training import train_classifier
+from tunebench.config import TrainConfig
 from tunebench.errors import ConfigError
 from tunebench.methods.base import resolve_method
 from tunebench.methods.lit import PRESETS
@@ -28,6 +27,7 @@ from tunebench.models.base import GROUP_NAMES, count_parameters
 from tunebench.models.checkpoints import file_digest
 from tunebench.models.hf_clip import build_hf_clip
 from tunebench.registry import BACKBONES, METHODS, load_all
+from tunebench.tasks.classification import train_classifier
 
 load_all()
 ALL_METHODS = METHODS.names_for("fewshot-cls")

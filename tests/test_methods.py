@@ -6,11 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tunebench.bench.config import TrainConfig, method_config
-from tunebench.bench.training import train_classifier
+from tunebench.config import TrainConfig, method_config
 from tunebench.methods.base import resolve_method
 from tunebench.models.base import count_parameters
 from tunebench.registry import METHODS, load_all
+from tunebench.tasks.classification import train_classifier
 
 load_all()
 ALL_METHODS = METHODS.names_for("fewshot-cls")  # every MethodAdapter serves classification

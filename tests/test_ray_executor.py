@@ -15,7 +15,6 @@ import pytest
 import yaml
 
 from tunebench.bench.cli import main
-from tunebench.bench.config import RunConfig, TrainConfig
 from tunebench.bench.executors import (
     KILL_MARKER_ENV,
     RAY_MISSING,
@@ -27,6 +26,7 @@ from tunebench.bench.executors import (
 )
 from tunebench.bench.store import REQUIRED_KEYS
 from tunebench.bench.sweep import expand, load_sweep
+from tunebench.config import RunConfig, TrainConfig
 from tunebench.errors import ConfigError
 from tunebench.registry import load_all
 

@@ -58,7 +58,7 @@ def test_no_import_cycle_among_report_modules():
 
 def test_report_imports_nothing_above_it():
     """Layer 2: the report reads the store; the rest of tunebench.bench (CLI, runner) is above it."""
-    allowed = {"tunebench.bench.store", "tunebench.bench.curves"}  # curves: moves below with the engine
+    allowed = {"tunebench.bench.store"}
     for module in MODULES:
         above = {n for n in _imports(module) if n.startswith("tunebench.bench")
                  and not any(n == a or n.startswith(a + ".") for a in allowed)}

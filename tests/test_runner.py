@@ -78,8 +78,8 @@ def test_failing_run_is_recorded_and_sweep_goes_on(tmp_path, capsys):
 
 
 def test_failed_rerun_keeps_the_stored_result(tmp_path, monkeypatch):
-    from tunebench.bench.config import RunConfig, TrainConfig
     from tunebench.bench.runner import Runner
+    from tunebench.config import RunConfig, TrainConfig
     from tunebench.tasks.classification import FewShotClassification
 
     config = RunConfig(task="fewshot-cls", dataset="tiny-shapes", method="cones", backbone="tiny-clip",

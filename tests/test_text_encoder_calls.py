@@ -15,16 +15,14 @@ import dataclasses
 import pytest
 import torch
 
-import tunebench.bench.training
-import tunebench.tasks.align
-import tunebench.tasks.detection
-import tunebench.tasks.generation
-from tunebench.bench.config import RunConfig, TrainConfig, method_config, task_config
-from tunebench.bench.features import FeatureCache
-from tunebench.bench.training import seed_everything
+import tunebench.engine.training
+from tunebench.config import RunConfig, TrainConfig, method_config, task_config
 from tunebench.datasets import load_dataset
+from tunebench.engine.features import FeatureCache
+from tunebench.engine.training import seed_everything
 from tunebench.errors import ConfigError
 from tunebench.methods.base import resolve_method
+from tunebench.models.judge import load_judge
 from tunebench.registry import BACKBONES, METHODS, TASKS, load_all
 from tunebench.tasks.base import TaskContext
 
@@ -128,11 +126,9 @@ class Steps:
     def __init__(self, passes: TextTowerPasses, monkeypatch) -> None:
         self.passes, self.counts, self.rows = passes, [], []
         self._start = (0, 0, 0)
-        self._optimizer_step = tunebench.bench.training.optimizer_step
-        for module in (tunebench.bench.training, tunebench.tasks.detection, tunebench.tasks.align,
-                       tunebench.tasks.generation):
-            monkeypatch.setattr(module, "progress", self.progress)
-            monkeypatch.setattr(module, "optimizer_step", self.optimizer_step)
+        self._optimizer_step = tunebench.engine.training.optimizer_step
+        monkeypatch.setattr(tunebench.engine.training, "progress", self.progress)  # every task's loop
+        monkeypatch.setattr(tunebench.engine.training, "optimizer_step", self.optimizer_step)
 
     def _now(self) -> tuple[int, int, int]:
         return self.passes.forwards, self.passes.backwards, len(self.passes.rows)
@@ -163,6 +159,8 @@ def run_counted(task: str, method: str, monkeypatch, tmp_path) -> tuple[Steps, T
         _BACKBONES[config.backbone] = BACKBONES.get(config.backbone)(None).eval()
     backbone = copy.deepcopy(_BACKBONES[config.backbone])
     passes = TextTowerPasses(backbone.text_encoder if task == "generation" else backbone.text_tower)
+    if task == "generation":  # its judge is built on first use through the same engine: not here
+        load_judge(GENERATION_TASK["judge"])
     steps = Steps(passes, monkeypatch)
     seed_everything(config.seed)
     context = TaskContext(backbone=backbone, device=torch.device("cpu"), features=FeatureCache(tmp_path / "f"))

@@ -162,9 +162,22 @@ BUILDS: Registry = Registry("buildable model")
 
 
 def load_all() -> None:
-    """Import every module that registers entries (each package imports its own modules)."""
+    """Import every module that registers entries (each package imports its own modules).
+
+    The one place where the floor imports upward, by design: registration is how the
+    layers above make themselves known (``tests/test_layers.py`` exempts this function)."""
+    import tunebench.builds  # noqa: F401
     import tunebench.datasets  # noqa: F401
     import tunebench.genmethods  # noqa: F401
     import tunebench.methods  # noqa: F401
     import tunebench.models  # noqa: F401
     import tunebench.tasks  # noqa: F401
+
+
+def build_model(build: str, **options):
+    """The folder of the built model ``build``, built first when this machine has none.
+
+    How a backbone loaded before it was ever built gets built, without importing its
+    training job: builds sit above models (``tunebench/builds/``)."""
+    load_all()
+    return BUILDS.get(build)(**options)

@@ -85,7 +85,7 @@ def _build(args) -> None:
 
 def _parse_value(text: str):
     """A --set value read as in a sweep file: ``50`` is a number, ``null`` is None."""
-    from tunebench.bench.config import load_settings_yaml
+    from tunebench.config import load_settings_yaml
 
     return load_settings_yaml(text)
 
@@ -93,16 +93,16 @@ def _parse_value(text: str):
 def _run(args) -> None:
     import dataclasses
 
-    from tunebench.bench.config import (
+    from tunebench.bench.lock import claim_results
+    from tunebench.bench.runner import Runner, backbone_version, validate_cells
+    from tunebench.config import (
         RunConfig,
         TrainConfig,
         build_dataclass,
         method_config,
         task_config,
     )
-    from tunebench.bench.lock import claim_results
-    from tunebench.bench.runner import Runner, backbone_version, validate_cells
-    from tunebench.bench.training import resolve_device
+    from tunebench.engine.training import resolve_device
     from tunebench.methods.base import merge_variant
     from tunebench.registry import TASKS, load_all
 

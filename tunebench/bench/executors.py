@@ -40,8 +40,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunebench.bench.config import RunConfig
-from tunebench.bench.progress import progress
 from tunebench.bench.runner import (
     SweepSummary,
     cell_keys,
@@ -49,8 +47,11 @@ from tunebench.bench.runner import (
     store_record,
     unique_cells,
 )
-from tunebench.bench.store import REQUIRED_KEYS, RunStore, atomic_output
+from tunebench.bench.store import REQUIRED_KEYS, RunStore
+from tunebench.config import RunConfig
+from tunebench.engine.progress import progress
 from tunebench.errors import ConfigError, DataError, StorageError
+from tunebench.paths import atomic_output
 
 RAY_MISSING = "Ray is not installed: pip install 'tunebench[ray]'"
 # Test-only hook: when this names a file that does not exist yet, the first cell attempt
@@ -241,7 +242,7 @@ def lost_cell_record(config: RunConfig, error: str) -> dict:
     store requires; numbers it could not measure are null)."""
     import torch
 
-    from tunebench.bench.measure import environment
+    from tunebench.engine.measure import environment
 
     record = dict.fromkeys(REQUIRED_KEYS)
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

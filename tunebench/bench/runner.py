@@ -16,16 +16,16 @@ from pathlib import Path
 
 import torch
 
-from tunebench.bench.config import RunConfig
-from tunebench.bench.features import FeatureCache
-from tunebench.bench.measure import PeakMemory, environment, release_free_memory
-from tunebench.bench.progress import progress
-from tunebench.bench.store import SCHEMA_VERSION, RunStore, atomic_output, atomic_write_bytes
-from tunebench.bench.training import resolve_device, seed_everything
+from tunebench.bench.store import SCHEMA_VERSION, RunStore
+from tunebench.config import RunConfig
 from tunebench.datasets import dataset_label
+from tunebench.engine.features import FeatureCache
+from tunebench.engine.measure import PeakMemory, environment, release_free_memory
+from tunebench.engine.progress import progress
+from tunebench.engine.training import resolve_device, seed_everything
 from tunebench.errors import ConfigError, DataError, StorageError, TunebenchError
 from tunebench.methods.base import resolve_method
-from tunebench.paths import tunebench_cache_dir
+from tunebench.paths import atomic_output, atomic_write_bytes, tunebench_cache_dir
 from tunebench.registry import BACKBONES, TASKS
 from tunebench.tasks.base import TaskContext
 

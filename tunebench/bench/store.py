@@ -1,6 +1,6 @@
 """The results store: one JSON file per run, named by its config hash.
 
-Writes are atomic (temporary file in the same folder, then rename), so a crash or an
+Writes are atomic (``paths.atomic_output``: temporary file in the same folder, then rename), so a crash or an
 interrupted sweep never leaves half a file, and a stored result is never lost to a
 later failure: a failed rerun of a finished cell is not attempted at all. A write that
 fails for want of space or rights raises `StorageError` with one line; what a killed
@@ -11,15 +11,11 @@ writer leaves behind (``.NAME.XXXX.tmp``, files no record names) is removed by
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from tunebench.errors import StorageError
-from tunebench.paths import DISK_FULL, probe_writable
+from tunebench.paths import DISK_FULL, atomic_write_text, probe_writable
 
 # The run-record format. Records written before the key existed carry no
 # ``schema_version`` and read as 1. Bump it when a key changes meaning; the report reads
@@ -32,61 +28,6 @@ REQUIRED_KEYS = (
 )
 # What the runner names its files: artifacts/HASH.safetensors, pictures/HASH-NAME.png.
 _OWN_FILE = re.compile(r"^[0-9a-f]{16}(\.safetensors|-[A-Za-z0-9_.-]+\.png)$")
-
-
-def _new_temporary(path: Path) -> Path:
-    """A new empty file beside ``path``, created as ``open()`` creates files (0666 less
-    the umask; mkstemp's 0600 would hide stored results from other users)."""
-    while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return tmp
-        except FileExistsError:
-            continue
-
-
-def storage_error(path: Path, exc: OSError) -> StorageError:
-    """One line for an OS error while writing ``path``."""
-    if exc.errno in DISK_FULL:
-        return StorageError(f"disk full while writing {path}: nothing half-written is left; "
-                            "free space and rerun to resume")
-    reason = exc.strerror or type(exc).__name__
-    return StorageError(f"cannot write {path}: {reason}; make the folder writable or choose another one")
-
-
-@contextmanager
-def atomic_output(path: Path) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` only on success."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _new_temporary(path)
-        mode = tmp.stat().st_mode & 0o777
-        try:
-            yield str(tmp)
-            os.chmod(tmp, mode)  # a writer that replaces the file (safetensors does) leaves 0600
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    except OSError as exc:
-        raise storage_error(path, exc) from exc
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """``data`` to ``path`` atomically. Serialise first and write here: a library writer
-    (safetensors' save_file, torch.save) reports a full disk as its own exception type,
-    which would reach the runner as a failed cell instead of one line that stops."""
-    with atomic_output(path) as tmp, open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    with atomic_output(path) as tmp, open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 class RunStore:

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import yaml
 
-from tunebench.bench.config import (
+from tunebench.bench.runner import backbone_version
+from tunebench.config import (
     SEED_LIMIT,
     RunConfig,
     TrainConfig,
@@ -43,7 +44,6 @@ from tunebench.bench.config import (
     method_config,
     task_config,
 )
-from tunebench.bench.runner import backbone_version
 from tunebench.errors import ConfigError
 from tunebench.methods.base import merge_variant
 from tunebench.registry import TASKS

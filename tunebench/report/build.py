@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from tunebench.bench.store import REQUIRED_KEYS, atomic_write_text
+from tunebench.bench.store import REQUIRED_KEYS
 from tunebench.errors import TunebenchError
+from tunebench.paths import atomic_write_text
 from tunebench.report.checks import cost_problem, is_finite_number, metrics_problem, schema_problem
 from tunebench.report.sections import Options, section_for, sections
 from tunebench.report.style import method_key

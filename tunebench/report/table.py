@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tunebench.bench.store import atomic_write_text
+from tunebench.paths import atomic_write_text
 from tunebench.report.style import method_key
 
 RUN_KEYS = ("task", "dataset", "backbone", "method", "shots", "seed", "config_hash")

@@ -22,19 +22,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tunebench.bench.config import RunConfig, build_dataclass
-from tunebench.bench.features import encode_images
-from tunebench.bench.measure import Stopwatch
-from tunebench.bench.progress import progress
-from tunebench.bench.training import (
-    autocast_for,
-    check_finite_parameters,
-    optimizer_step,
-    warmup_cosine,
-)
+from tunebench.config import RunConfig, build_dataclass
 from tunebench.datasets import load_dataset, test_indices
 from tunebench.datasets.base import ClassificationDataset
 from tunebench.datasets.pairs import PairDataset
+from tunebench.engine.features import encode_images
+from tunebench.engine.measure import Stopwatch
+from tunebench.engine.training import Optimization, ShuffledBatches, autocast_for
 from tunebench.errors import ConfigError
 from tunebench.methods.base import ClassPrompts, text_side_trains
 from tunebench.methods.zero_shot import prompt_ensemble_embeddings
@@ -148,28 +142,15 @@ class Align:
 
 def _train(adapter, images, captions, meanings, *, pixels, config: RunConfig, device) -> dict:
     backbone, train_cfg = adapter.backbone, config.train
-    groups = adapter.optimizer_groups()
-    params = [p for g in groups for p in g["params"]]
-    optimizer = torch.optim.AdamW(groups)
-    warmup = min(train_cfg.warmup_steps, train_cfg.steps // 2)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, warmup=warmup, total=train_cfg.steps)
-    )
+    run = Optimization.for_run(adapter.optimizer_groups(), train_cfg)
     # A frozen text tower gives the same pooled features every step: compute them once.
     pooled = None
     if not text_side_trains(adapter):
         pooled = _pooled_captions(backbone, captions, train_cfg.eval_batch_size)
 
-    generator = torch.Generator().manual_seed(config.seed)
-    batch = min(train_cfg.batch_size, len(captions))
-    order, cursor = torch.randperm(len(captions), generator=generator), 0
-    adapter.train()
-    loss_value = float("nan")
-    for step in progress(range(train_cfg.steps), desc=config.label, unit="step", inner=True):
-        if cursor + batch > len(order):
-            order, cursor = torch.randperm(len(captions), generator=generator), 0
-        index = order[cursor : cursor + batch]
-        cursor += batch
+    batches = ShuffledBatches(len(captions), train_cfg.batch_size, config.seed)
+    for step in run.steps(desc=config.label, model=adapter):
+        index = batches.next()
         with autocast_for(device, train_cfg.precision):
             x = images[index].to(device, non_blocking=True)
             image = backbone.encode_image(x) if pixels else backbone.project_image(x)
@@ -177,13 +158,10 @@ def _train(adapter, images, captions, meanings, *, pixels, config: RunConfig, de
                 text = backbone.text_projection(pooled[index].to(device))
             else:
                 text = backbone.encode_text(backbone.tokenize([captions[i] for i in index.tolist()]))
-        loss = contrastive_loss(image, text, backbone.logit_scale, meanings[index])
-        loss_value = optimizer_step(loss, optimizer, scheduler, params, grad_clip=train_cfg.grad_clip, step=step)
+        run.update(contrastive_loss(image, text, backbone.logit_scale, meanings[index]), step)
         with torch.no_grad():
             backbone.logit_scale.clamp_(max=float(np.log(MAX_LOGIT_SCALE)))
-    check_finite_parameters(params, steps=train_cfg.steps)
-    adapter.eval()
-    return {"steps": train_cfg.steps, "images_seen": train_cfg.steps * batch, "loss": loss_value}
+    return {"steps": train_cfg.steps, "images_seen": train_cfg.steps * batches.batch, "loss": run.loss}
 
 
 @torch.no_grad()

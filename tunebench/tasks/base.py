@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tunebench.bench.config import method_config
-from tunebench.bench.features import FeatureCache
+from tunebench.config import method_config
+from tunebench.engine.features import FeatureCache
 from tunebench.methods.base import merge_variant
 from tunebench.models.base import VisionLanguageBackbone
 

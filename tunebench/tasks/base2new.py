@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import torch
 
-from tunebench.bench.config import RunConfig
+from tunebench.config import RunConfig
 from tunebench.datasets import ClassificationDataset, load_dataset
 from tunebench.datasets.class_split import split_base_new
 from tunebench.errors import DataError
 from tunebench.methods.base import ClassPrompts, MethodAdapter
 from tunebench.registry import TASKS
-from tunebench.report.table import harmonic_mean
+from tunebench.scores import harmonic_mean
 from tunebench.tasks.classification import FewShotClassification, TrainingClasses, count_correct
 
 

@@ -17,13 +17,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from tunebench.bench.config import RunConfig
-from tunebench.bench.features import FeatureCache, encode_images
-from tunebench.bench.measure import Stopwatch
-from tunebench.bench.training import autocast_for, check_finite_logits, train_classifier
+from tunebench.config import RunConfig, TrainConfig
 from tunebench.datasets import ClassificationDataset, fewshot_indices, load_dataset, test_indices
 from tunebench.datasets.fewshot import check_shots
+from tunebench.engine.features import FeatureCache, encode_images
+from tunebench.engine.measure import Stopwatch
+from tunebench.engine.training import (
+    Optimization,
+    ShuffledBatches,
+    autocast_for,
+    check_finite_logits,
+)
 from tunebench.errors import ConfigError
 from tunebench.methods.base import ClassPrompts, MethodAdapter, Scorer
 from tunebench.registry import TASKS
@@ -125,6 +131,37 @@ class FewShotClassification:
             images_seen=0 if outcome is None else outcome.images_seen,
             image_input="pixels" if pixels else "cached-features",
         )
+
+
+@dataclass
+class TrainOutcome:
+    steps: int
+    images_seen: int
+    final_loss: float
+
+
+def train_classifier(
+    adapter,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    pixels: bool,
+    config: TrainConfig,
+    seed: int,
+    device: torch.device,
+    label: str = "training",
+) -> TrainOutcome:
+    """Cross-entropy training of ``adapter`` on ``inputs`` (pixels or cached features)."""
+    run = Optimization.for_run(adapter.optimizer_groups(), config)
+    batches = ShuffledBatches(len(labels), config.batch_size, seed)
+    for step in run.steps(desc=label, model=adapter):
+        index = batches.next()
+        x = inputs[index].to(device, non_blocking=True)
+        y = labels[index].to(device, non_blocking=True)
+        with autocast_for(device, config.precision):
+            logits = adapter(x, pixels=pixels)
+        run.update(F.cross_entropy(logits.float(), y), step)
+    return TrainOutcome(steps=config.steps, images_seen=config.steps * batches.batch, final_loss=run.loss)
 
 
 def _cached(cache: FeatureCache, backbone, dataset, split, indices, config: RunConfig, device):

@@ -30,18 +30,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tunebench.bench.config import RunConfig, build_dataclass
-from tunebench.bench.measure import Stopwatch
-from tunebench.bench.progress import progress
-from tunebench.bench.training import (
-    autocast_for,
-    check_finite_logits,
-    check_finite_parameters,
-    optimizer_step,
-    warmup_cosine,
-)
+from tunebench.config import RunConfig, build_dataclass
 from tunebench.datasets import load_dataset
 from tunebench.datasets.detection import DetectionDataset, DetectionSplit, fewshot_images
+from tunebench.engine.measure import Stopwatch
+from tunebench.engine.training import (
+    Optimization,
+    ShuffledBatches,
+    autocast_for,
+    check_finite_logits,
+)
 from tunebench.errors import ConfigError
 from tunebench.methods.base import ClassPrompts
 from tunebench.models.detector import to_image_list
@@ -179,42 +177,24 @@ def picture_positions(split: DetectionSplit, positions: list[int], count: int, n
     return sorted(positions, key=lambda p: not (split.labels_in(p) & novel_set))[:count]  # stable
 
 
-class _Batches:
+class _Batches(ShuffledBatches):
     """Image positions in reshuffled epochs, as the classification loop draws them."""
 
     def __init__(self, positions: list[int], batch: int, seed: int) -> None:
+        super().__init__(len(positions), batch, seed)
         self.positions = np.asarray(positions)
-        self.batch = min(batch, len(positions))
-        self.generator = torch.Generator().manual_seed(seed)
-        self.order, self.cursor = torch.randperm(len(positions), generator=self.generator), 0
 
     def next(self) -> list[int]:
-        if self.cursor + self.batch > len(self.order):
-            self.order, self.cursor = torch.randperm(len(self.positions), generator=self.generator), 0
-        chosen = self.order[self.cursor : self.cursor + self.batch]
-        self.cursor += self.batch
-        return [int(p) for p in self.positions[chosen.numpy()]]
-
-
-def _optimizer(adapter, train_cfg):
-    groups = adapter.optimizer_groups()
-    params = [p for g in groups for p in g["params"]]
-    optimizer = torch.optim.AdamW(groups)
-    warmup = min(train_cfg.warmup_steps, train_cfg.steps // 2)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, warmup=warmup, total=train_cfg.steps))
-    return params, optimizer, scheduler
+        return [int(p) for p in self.positions[super().next().numpy()]]
 
 
 def _train_cached(adapter, regions: dict[int, dict], positions, config: RunConfig, device) -> dict:
     """Region classification on a frozen detector's cached regions."""
     train_cfg, detector = config.train, adapter.backbone.detector
-    params, optimizer, scheduler = _optimizer(adapter, train_cfg)
+    run = Optimization.for_run(adapter.optimizer_groups(), train_cfg)
     batches = _Batches(positions, train_cfg.batch_size, config.seed)
     sampler = torch.Generator().manual_seed(config.seed + 1)
-    adapter.train()
-    loss_value = float("nan")
-    for step in progress(range(train_cfg.steps), desc=config.label, unit="step", inner=True):
+    for step in run.steps(desc=config.label, model=adapter):
         embeddings, labels = [], []
         for position in batches.next():
             region = regions[position]
@@ -227,23 +207,18 @@ def _train_cached(adapter, regions: dict[int, dict], positions, config: RunConfi
         with autocast_for(device, train_cfg.precision):
             refined = adapter.refine_image_embeddings(torch.cat(embeddings).to(device))
             logits = detector.logits(refined, adapter.class_embeddings())
-        loss = F.cross_entropy(logits.float(), torch.cat(labels).to(device))
-        loss_value = optimizer_step(loss, optimizer, scheduler, params, grad_clip=train_cfg.grad_clip, step=step)
-    check_finite_parameters(params, steps=train_cfg.steps)
-    adapter.eval()
-    return {"steps": train_cfg.steps, "images_seen": train_cfg.steps * batches.batch, "loss": loss_value}
+        run.update(F.cross_entropy(logits.float(), torch.cat(labels).to(device)), step)
+    return {"steps": train_cfg.steps, "images_seen": train_cfg.steps * batches.batch, "loss": run.loss}
 
 
 def _train_live(adapter, split, positions, config: RunConfig, device) -> dict:
     """Every detection loss through the (partly) trainable detector, on pixels."""
     train_cfg, backbone = config.train, adapter.backbone
-    params, optimizer, scheduler = _optimizer(adapter, train_cfg)
+    run = Optimization.for_run(adapter.optimizer_groups(), train_cfg)
     batches = _Batches(positions, train_cfg.batch_size, config.seed)
     train_tower = backbone.image_tower_trains()
     targets_of = {p: split.target(p) for p in positions}
-    adapter.train()
-    loss_value = float("nan")
-    for step in progress(range(train_cfg.steps), desc=config.label, unit="step", inner=True):
+    for step in run.steps(desc=config.label, model=adapter):
         chosen = batches.next()
         images = to_image_list([backbone.pixels(split.load(p)) for p in chosen]).to(device)
         targets = [{k: torch.from_numpy(targets_of[p][k]).to(device) for k in ("boxes", "labels", "masks")}
@@ -251,8 +226,5 @@ def _train_live(adapter, split, positions, config: RunConfig, device) -> dict:
         with autocast_for(device, train_cfg.precision):
             losses = backbone.detector.losses(backbone.image_tower, images, targets, adapter.class_embeddings(),
                                               train_tower=train_tower, refine=adapter.refine_image_embeddings)
-        loss = sum(v.float() for v in losses.values())
-        loss_value = optimizer_step(loss, optimizer, scheduler, params, grad_clip=train_cfg.grad_clip, step=step)
-    check_finite_parameters(params, steps=train_cfg.steps)
-    adapter.eval()
-    return {"steps": train_cfg.steps, "images_seen": train_cfg.steps * batches.batch, "loss": loss_value}
+        run.update(sum(v.float() for v in losses.values()), step)
+    return {"steps": train_cfg.steps, "images_seen": train_cfg.steps * batches.batch, "loss": run.loss}

@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 from torchvision.ops import box_iou
 
-from tunebench.bench.features import locked, remove_stale_temporaries, safe_name
-from tunebench.bench.progress import progress
-from tunebench.bench.store import atomic_write_bytes
+from tunebench.engine.features import locked, remove_stale_temporaries, safe_name
+from tunebench.engine.progress import progress
 from tunebench.models.detector import to_image_list
+from tunebench.paths import atomic_write_bytes
 
 KINDS = ("train", "test")
 # Bump when what is stored changes meaning (proposal counts, the 0.5 IoU labelling,

@@ -13,7 +13,7 @@ constructed inputs):
   prompt's samples; 0 when a method draws the same image for every seed.
 - **seconds to threshold**: train seconds at which the fidelity curve first reaches
   the threshold, linearly interpolated between checkpoints; None if never
-  (``bench/curves.py``, shared with the report).
+  (``tunebench/scores.py``, shared with the report).
 
 Samples are drawn with fixed seeds, the same for every method and run, so methods are
 compared on the same noise: sample j of prompt p starts from seed p × N + j (N samples a
@@ -30,8 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tunebench.bench.grids import png_grid
-from tunebench.bench.training import autocast_for
+from tunebench.engine.grids import png_grid
+from tunebench.engine.training import autocast_for
 
 # ---- metrics on embeddings and labels --------------------------------------------------
 

@@ -31,21 +31,15 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from tunebench.bench.config import RunConfig, build_dataclass
-from tunebench.bench.curves import seconds_to_threshold
-from tunebench.bench.measure import Stopwatch, synchronize
-from tunebench.bench.progress import progress
-from tunebench.bench.training import (
-    autocast_for,
-    check_finite_parameters,
-    optimizer_step,
-    warmup_cosine,
-)
+from tunebench.config import RunConfig, build_dataclass
 from tunebench.datasets import load_dataset
 from tunebench.datasets.concepts import ConceptDataset
+from tunebench.engine.measure import Stopwatch, synchronize
+from tunebench.engine.training import Optimization, autocast_for
 from tunebench.errors import ConfigError
 from tunebench.genmethods.base import ConceptPrompts
 from tunebench.registry import BACKBONES, TASKS
+from tunebench.scores import seconds_to_threshold
 from tunebench.tasks.base import TaskContext, TaskResult, method_and_settings
 from tunebench.tasks.gen_eval import Evaluator
 
@@ -196,26 +190,15 @@ def _train(adapter, latents, train_index, *, config: RunConfig, settings: Genera
     """Denoising loss on the references; fidelity checkpoints run with the clock paused."""
     model, train_cfg = adapter.model, config.train
     device = latents.device
-    groups = adapter.optimizer_groups()
-    params = [p for g in groups for p in g["params"]]
-    optimizer = torch.optim.AdamW(groups)
-    warmup = min(train_cfg.warmup_steps, train_cfg.steps // 2)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, warmup=warmup, total=train_cfg.steps))
+    run = Optimization.for_run(adapter.optimizer_groups(), train_cfg)
     noise_schedule = model.noise_scheduler()
     generator = torch.Generator().manual_seed(config.seed)
     batch = train_cfg.batch_size
     step_times: list[float] = []
-    loss_value = float("nan")
-    adapter.train()
-    for step in progress(range(train_cfg.steps + 1), desc=config.label, unit="step", inner=True):
-        if step == train_cfg.steps:  # before the final samples are drawn from these weights
-            check_finite_parameters(params, steps=train_cfg.steps)
+    for step in run.steps(desc=config.label, model=adapter):
         if step in checkpoints:
             on_checkpoint(step)  # samples in eval mode
             adapter.train()
-        if step == train_cfg.steps:
-            break
         # The batch's randomness is drawn from the run's seed on the CPU: every method
         # sees the same references, flips, timesteps, noise and templates at each step.
         pick = torch.randint(0, len(latents), (batch,), generator=generator)
@@ -231,14 +214,15 @@ def _train(adapter, latents, train_index, *, config: RunConfig, settings: Genera
                 states, mask = adapter.conditioning(prompt.to(device))
                 prediction = model.denoise(noise_schedule.add_noise(x0, noise, t), t, states, mask)
             target = model.training_target(noise_schedule, x0, noise, t)
-            loss = F.mse_loss(prediction.float(), target.float())
-            loss_value = optimizer_step(loss, optimizer, scheduler, params,
-                                        grad_clip=train_cfg.grad_clip, step=step)
+            run.update(F.mse_loss(prediction.float(), target.float()), step)
         step_times.append(time.perf_counter() - started)
+    # The parameters were checked after the last step, before these samples are drawn.
+    if train_cfg.steps in checkpoints:
+        on_checkpoint(train_cfg.steps)
     adapter.eval()
     # The first step pays one-off costs (allocations, kernel selection): left out of the median.
     steady = step_times[1:] or step_times
-    return {"loss": loss_value, "step_seconds": statistics.median(steady)}
+    return {"loss": run.loss, "step_seconds": statistics.median(steady)}
 
 
 def _time_conditioning(adapter, config: RunConfig, settings: GenerationSettings, device) -> float:

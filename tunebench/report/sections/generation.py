@@ -16,11 +16,11 @@ from pathlib import Path
 
 from matplotlib.lines import Line2D
 
-from tunebench.bench.curves import equal_fidelity
 from tunebench.report import figures
 from tunebench.report import table as t
 from tunebench.report.sections import Options, section
 from tunebench.report.style import method_key, style
+from tunebench.scores import equal_fidelity
 
 QUALITY = ("fidelity", "clip_i", "clip_t", "diversity")
 TIMES = ("train_seconds", "seconds_to_threshold", "step_seconds", "conditioning_seconds")

@@ -1,10 +1,21 @@
-"""Fidelity-vs-time curves: when a curve first reaches a level, and when two curves reach
-the same level. Plain Python (the report reads curves from run files without torch).
+"""Scores that tasks compute and the report recomputes from run files: plain Python,
+no torch (the report reads them without it).
 
-A curve is a list of checkpoints ``{"step", "train_seconds", "fidelity"}``.
+- base-to-new's harmonic mean H;
+- fidelity-vs-time curves: when a curve first reaches a level, and when two curves
+  reach the same level. A curve is a list of checkpoints
+  ``{"step", "train_seconds", "fidelity"}``.
 """
 
 from __future__ import annotations
+
+
+def harmonic_mean(base: float, new: float | None) -> float | None:
+    """Base-to-new's single number H = 2·base·new / (base + new): None without a new
+    score, 0 when both are 0."""
+    if new is None:
+        return None
+    return 0.0 if base + new == 0 else 2 * base * new / (base + new)
 
 
 def seconds_to_threshold(curve: list[dict], threshold: float) -> float | None:

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tunebench.bench.progress import progress
-from tunebench.bench.store import atomic_write_bytes
 from tunebench.datasets.base import ImageSource
+from tunebench.engine.progress import progress
 from tunebench.models.base import VisionLanguageBackbone
+from tunebench.paths import atomic_write_bytes
 
 
 def safe_name(text: str) -> str:
