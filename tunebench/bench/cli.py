@@ -278,7 +278,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default="cones", help="method that train times are compared to")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local: one cell after another in this process; ray: one Ray task per cell "
-                        "(see README, Running on a cluster)")
+                        "(see docs/cluster.md)")
     p.add_argument("--ray-address", help="join this Ray cluster (e.g. auto or ray://HEAD:10001); "
                                          "default: start Ray on this machine")
     p.add_argument("--ray-workers", type=int, help="cells running at once (default 2)")
