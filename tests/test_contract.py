@@ -230,3 +230,102 @@ def test_lit_on_generation_is_unet_attn_and_keeps_its_hashes():
     cells = expand(load_sweep(REPO / "bench-gen.yaml"))
     assert {c.method for c in cells} >= {"unet-attn"}
     assert committed <= {c.config_hash for c in cells}
+
+
+# ---- review fixes ------------------------------------------------------------------------
+def test_redeclaring_hooks_does_not_hide_an_override():
+    """The baseline is the family's root interface: a method that re-declares HOOKS and
+    overrides embed_images is still refused on detect."""
+    from tunebench.methods.base import check_contract
+
+    class Sneaky(WholeImageOnly):
+        HOOKS = MethodAdapter.HOOKS
+
+    with pytest.raises(ConfigError, match="overrides embed_images"):
+        check_contract(Sneaky, "detect", "sneaky")
+
+
+class Counting(ClipAdapter):
+    """Counts refine calls while not training: the evaluation path must refine too."""
+
+    eval_calls = 0
+
+    def refine_image_embeddings(self, embeddings):
+        if not torch.is_grad_enabled() or not self.training:
+            Counting.eval_calls += 1
+        return super().refine_image_embeddings(embeddings)
+
+
+@pytest.mark.parametrize("task", ["fewshot-cls", "detect"])
+def test_evaluation_refines_image_embeddings(task, tmp_path):
+    from tests.test_detection import _config
+
+    METHODS.register("counting-test")(Counting)
+    try:
+        Counting.eval_calls = 0
+        if task == "detect":
+            config = _config("counting-test")
+        else:
+            config = RunConfig(task=task, dataset="tiny-shapes", method="counting-test", backbone="tiny-clip",
+                               shots=2, seed=1, train=TrainConfig(steps=2, batch_size=4, image_size=16,
+                                                                  test_per_class=4))
+        record = Runner(tmp_path).run(config)
+    finally:
+        METHODS.unregister("counting-test")
+    assert record["status"] == "ok", record.get("traceback")
+    assert Counting.eval_calls > 0
+
+
+def test_distillation_reads_the_detectors_own_region_embeddings(registered):
+    """A method's refinement is scored, not distilled: loss_distill is the same with and
+    without it."""
+    from tunebench.datasets import load_dataset
+    from tunebench.methods.base import ClassPrompts
+    from tunebench.models.detector import to_image_list
+    from tunebench.registry import BACKBONES
+
+    backbone, dataset = BACKBONES.get("tiny-detector")(None), load_dataset("tiny-det")
+    classes = ClassPrompts(tuple(dataset.classnames), tuple(dataset.templates))
+    text = prompt_ensemble_embeddings(backbone, classes)
+    split = dataset.split("train")
+    images = to_image_list([backbone.pixels(split.load(p)) for p in range(2)])
+    targets = []
+    for p in range(2):
+        target = {k: torch.from_numpy(v) for k, v in split.target(p).items()}
+        target["embeddings"] = F.normalize(torch.randn(len(target["boxes"]), text.shape[1]), dim=-1)
+        targets.append(target)
+
+    def losses(refine):
+        torch.manual_seed(0)
+        return backbone.detector.losses(backbone.image_tower, images, targets, text, train_tower=False,
+                                        distill_weight=1.0, refine=refine)
+
+    plain, refined = losses(None), losses(lambda e: -e)
+    assert "loss_distill" in plain
+    assert torch.equal(plain["loss_distill"], refined["loss_distill"])
+    assert not torch.equal(plain["loss_classifier"], refined["loss_classifier"])
+
+
+def test_a_config_typed_with_the_old_name_is_stored_under_the_new_one():
+    config = RunConfig(task="generation", dataset="concept:zebra", method="lit:kv", backbone="tiny-t2i",
+                       shots=3, seed=1)
+    assert config.method == "unet-attn:kv"
+    assert config.config_hash == dataclasses.replace(config, method="unet-attn:kv").config_hash
+    assert RunConfig(task="fewshot-cls", dataset="tiny-shapes", method="lit:bitfit", backbone="tiny-clip",
+                     shots=1, seed=1).method == "lit:bitfit"
+
+
+def test_the_report_shows_old_and_new_names_as_one_method():
+    from tunebench.report.build import _as_shown
+
+    old = {"task": "generation", "method": "lit", "dataset": "concept:zebra"}
+    new = {"task": "generation", "method": "unet-attn", "dataset": "concept:zebra"}
+    assert _as_shown(old)["method"] == _as_shown(new)["method"] == "unet-attn"
+    assert _as_shown({**old, "task": "fewshot-cls"})["method"] == "lit"
+
+
+def test_the_old_bottleneck_group_name_says_what_it_is_now():
+    from tunebench.methods.lit import LitConfig
+
+    with pytest.raises(ValueError, match="'adapter' is now called 'bottleneck'"):
+        LitConfig(groups=["adapter"])

@@ -31,11 +31,16 @@ def _imports(module: str) -> set[str]:
     path = PACKAGE.joinpath(*module.split(".")[2:])
     path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
     found = set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # ``from .table import x``: resolve against the package
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            found |= {base} | {f"{base}.{alias.name}" for alias in node.names}
     return {name for name in found if name.startswith("tunebench.")}
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from tunebench.errors import ConfigError
-from tunebench.registry import stored_method_name
+from tunebench.registry import current_method_name, stored_method_name
 
 # numpy.random.seed takes 0 .. 2**32 - 1; every run seeds numpy with its cell's seed.
 SEED_LIMIT = 2**32
@@ -79,6 +79,9 @@ class RunConfig:
     task_config: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # A renamed method's old name (generation's ``lit``) is stored under its new one,
+        # so records, the report and the CLI show one name; the hash keeps the old one.
+        object.__setattr__(self, "method", current_method_name(self.task, self.method))
         if not is_integer(self.shots) or self.shots < 0:
             raise ConfigError(f"shots must be a whole number >= 0, got {_shown(self.shots)}")
         if not is_seed(self.seed):

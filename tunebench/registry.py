@@ -142,6 +142,13 @@ class MethodRegistry(Registry[MethodEntry]):
 RENAMED_METHODS: dict[tuple[str, str], str] = {("generation", "lit"): "unet-attn"}
 
 
+def current_method_name(task: str, method: str) -> str:
+    """The name a method goes by now: ``lit:kv`` on generation is ``unet-attn:kv``. Run
+    configs and the report use it, so a cell typed either way is stored and shown once."""
+    base, colon, variant = method.partition(":")
+    return RENAMED_METHODS.get((task, base), base) + colon + variant
+
+
 def stored_method_name(task: str, method: str) -> str:
     """The method name a cell's config hash is made with: ``unet-attn:cross-attn`` on
     generation hashes as ``lit:cross-attn``; every other name as itself."""

@@ -252,7 +252,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="see `tunebench list datasets`; imagefolder:PATH for "
                    "your own, coop:DATA/NAME for CoOp's dataset folders")
     p.add_argument("--task", default="fewshot-cls",
-                   help="fewshot-cls (default), align, detect or generation; see `tunebench list -v tasks`")
+                   help="fewshot-cls (default), base2new, align, detect or generation; see `tunebench list -v tasks`")
     p.add_argument("--backbone", default="mini-clip", help=BACKBONE_HELP)
     p.add_argument("--pretrained", help="local checkpoint for the backbone (open_clip: a state dict file)")
     p.add_argument("--shots", type=int,

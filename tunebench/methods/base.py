@@ -231,7 +231,9 @@ def check_contract(method_cls: type, task: str, name: str) -> None:
     whose interface lacks a hook the task calls. A hook without a default (abstract)
     is required of every method, so only hooks with a default are compared: a
     subclass attribute that is not the interface's own is an override."""
-    interface = next(c for c in method_cls.__mro__ if "HOOKS" in vars(c))
+    # The family's root (MethodAdapter, GenerationAdapter): the LAST class declaring HOOKS,
+    # so a subclass that re-declares HOOKS cannot make its own overrides the baseline.
+    interface = [c for c in method_cls.__mro__ if "HOOKS" in vars(c)][-1]
     calls = TASKS.get(task).hooks
     lacking = sorted(set(calls) - set(interface.HOOKS))
     if lacking:

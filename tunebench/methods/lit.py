@@ -70,6 +70,8 @@ class LitConfig(MethodConfig):
         super().__post_init__()
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; valid: {', '.join(sorted(PRESETS))}")
+        if "adapter" in self.groups:  # the group's name before issue 14
+            raise ValueError("group 'adapter' is now called 'bottleneck': write groups: [bottleneck, ...]")
         unknown = set(self.groups) - set(KNOWN_GROUPS)
         if unknown:
             raise ValueError(f"unknown groups {sorted(unknown)}; valid: {', '.join(KNOWN_GROUPS)}")

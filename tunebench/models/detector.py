@@ -210,10 +210,11 @@ class Detector(nn.Module):
         boxes, labels, matched = self.sample_regions(proposals, targets)
         region = self.region_features(features, boxes, images.image_sizes)
         embeddings = self.embed(region)
-        if refine is not None:
-            embeddings = refine(embeddings)
+        # Distillation pulls the detector's own region embeddings towards CLIP's; a method's
+        # refinement is what gets scored, not what is distilled.
+        scored = refine(embeddings) if refine is not None else embeddings
         label = torch.cat(labels)
-        losses["loss_classifier"] = F.cross_entropy(self.logits(embeddings, class_embeddings).float(), label)
+        losses["loss_classifier"] = F.cross_entropy(self.logits(scored, class_embeddings).float(), label)
         fg = torch.where(label > 0)[0]
         deltas = self.box_deltas(region)
         if len(fg):

@@ -23,6 +23,7 @@ import pandas as pd
 from tunebench.bench.store import REQUIRED_KEYS
 from tunebench.errors import TunebenchError
 from tunebench.paths import atomic_write_text
+from tunebench.registry import current_method_name
 from tunebench.report.checks import cost_problem, is_finite_number, metrics_problem, schema_problem
 from tunebench.report.sections import Options, section_for, sections
 from tunebench.report.style import method_key
@@ -84,6 +85,14 @@ def _problem(run, metric: str) -> str | None:
     return metrics_problem(run["metrics"], section.fractions) or cost_problem(run)
 
 
+def _as_shown(run: dict) -> dict:
+    """A run as the report names it: its dataset by its short label where it has one
+    (`pets-3f2a9c1b`, not imagefolder:/long/path/pets), and a renamed method by its current
+    name (records from before the rename say generation ``lit``, newer ones ``unet-attn``)."""
+    method = current_method_name(run["task"], run["method"])
+    return {**run, "dataset": run.get("dataset_label", run["dataset"]), "method": method}
+
+
 def load_runs(runs_dir: Path, *, metric: str = "top1") -> Runs:
     """Read every ``*.json`` in ``runs_dir``; unusable files are warned about and skipped."""
     paths = sorted(Path(runs_dir).glob("*.json")) if Path(runs_dir).is_dir() else []
@@ -100,8 +109,7 @@ def load_runs(runs_dir: Path, *, metric: str = "top1") -> Runs:
             print(f"warning: skipping {path.name}: {problem}", file=sys.stderr)
             skipped.append(f"{path.name}: {problem}")
         else:  # named by its short label where it has one: `pets-3f2a9c1b`, not imagefolder:/long/path/pets
-            (ok if run["status"] == "ok" else failed).append({**run, "dataset": run.get("dataset_label",
-                                                                                          run["dataset"])})
+            (ok if run["status"] == "ok" else failed).append(_as_shown(run))
     if not ok and not failed:
         raise TunebenchError(f"none of the {len(paths)} files in {runs_dir} is a usable run result: {_RUN_HINT}")
     return Runs(tuple(ok), tuple(failed), tuple(skipped))

@@ -19,14 +19,13 @@ MARKERS = ("o", "s", "^", "D", "v", "X", "h", "<", ">", "p")
 
 
 def method_classes(base: str) -> list[type]:
-    """The classes registered under ``base`` (each task family's implementation), then
-    those of the method it was renamed to (generation's ``lit`` is ``unet-attn``)."""
+    """The classes registered under ``base``, one per task family. Runs reach the report
+    under their current names (``load_runs``), so a renamed method is looked up once."""
     import tunebench.genmethods  # noqa: F401  (registers the generation methods)
     import tunebench.methods  # noqa: F401
-    from tunebench.registry import METHODS, RENAMED_METHODS
+    from tunebench.registry import METHODS
 
-    names = [base, *(new for (_, old), new in RENAMED_METHODS.items() if old == base)]
-    return [cls for name in names if name in METHODS.names() for cls in METHODS.entry(name).classes]
+    return list(METHODS.entry(base).classes) if base in METHODS.names() else []
 
 
 @cache
