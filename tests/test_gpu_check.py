@@ -50,11 +50,17 @@ def test_a_broken_part_is_recorded_and_the_others_still_run(monkeypatch, tmp_pat
     def broken(device, sizes, work):
         raise RuntimeError("kernel exploded\nsecond line")
 
-    monkeypatch.setattr(gpucheck, "PARTS", (("broken", broken), ("fine", lambda d, s, w: {"value": 1})))
+    def half(device, sizes, work):
+        raise gpucheck.PartFailed("1 of 2 cells: detect/cones: boom", cells=[{"task": "detect"}])
+
+    monkeypatch.setattr(gpucheck, "PARTS", (("broken", broken), ("half", half),
+                                            ("fine", lambda d, s, w: {"value": 1})))
     summary = gpucheck.gpu_check(tmp_path, tiny=True, device=torch.device("cpu"))
-    assert [(p["name"], p["status"]) for p in summary["parts"]] == [("broken", "failed"), ("fine", "ok")]
+    assert [(p["name"], p["status"]) for p in summary["parts"]] == [("broken", "failed"), ("half", "failed"),
+                                                                     ("fine", "ok")]
     assert summary["parts"][0]["error"] == "RuntimeError: kernel exploded"
-    assert summary["parts"][1]["value"] == 1 and gpucheck.failed_parts(summary) == ["broken"]
+    assert summary["parts"][1]["cells"] == [{"task": "detect"}]  # what it measured is kept with the failure
+    assert summary["parts"][2]["value"] == 1 and gpucheck.failed_parts(summary) == ["broken", "half"]
 
 
 @pytest.mark.parametrize("failed", [False, True])

@@ -165,23 +165,28 @@ def run_tasks(device: torch.device, sizes: Sizes, work: Path) -> dict:
     cells = [dataclasses.replace(c, train=dataclasses.replace(c.train, device=device.type))
              for c in task_cells(sizes.task_steps)]
     validate_cells(cells)
-    runner = Runner(work, force=True, cache_dir=work / "cache")
     rows, problems = [], []
-    for config in cells:
-        started = time.perf_counter()
-        record = runner.run(config)
-        rows.append({"task": config.task, "method": config.method, "backbone": config.backbone,
-                     "seconds": round(time.perf_counter() - started, 2),
-                     "status": record["status"], "error": record["error"], "config_hash": config.config_hash,
-                     "train_seconds": record["train_seconds"], "peak_memory_mb": record["peak_memory_mb"],
-                     "peak_memory_kind": record["peak_memory_kind"]})
-        if record["status"] != "ok":
-            problems.append(f"{config.task}/{config.method}: {record['error']}")
-        elif record["peak_memory_kind"] != _expected_memory_kind(device):
-            problems.append(f"{config.task}/{config.method}: peak memory from {record['peak_memory_kind']}")
+    with tempfile.TemporaryDirectory(prefix="tunebench-gpu-check-cache-") as cache:  # not in the results
+        runner = Runner(work, force=True, cache_dir=Path(cache))
+        for config in cells:
+            rows.append(_task_row(runner, config, device, problems))
     if problems:
-        raise AssertionError(f"{len(problems)} of {len(cells)} cells: " + "; ".join(problems))
+        raise PartFailed(f"{len(problems)} of {len(cells)} cells: " + "; ".join(problems), cells=rows)
     return {"cells": rows}
+
+
+def _task_row(runner: Runner, config: RunConfig, device: torch.device, problems: list[str]) -> dict:
+    started = time.perf_counter()
+    record = runner.run(config)
+    if record["status"] != "ok":
+        problems.append(f"{config.task}/{config.method}: {record['error']}")
+    elif record["peak_memory_kind"] != _expected_memory_kind(device):
+        problems.append(f"{config.task}/{config.method}: peak memory from {record['peak_memory_kind']}")
+    return {"task": config.task, "method": config.method, "backbone": config.backbone,
+            "seconds": round(time.perf_counter() - started, 2),
+            "status": record["status"], "error": record["error"], "config_hash": config.config_hash,
+            "train_seconds": record["train_seconds"], "peak_memory_mb": record["peak_memory_mb"],
+            "peak_memory_kind": record["peak_memory_kind"]}
 
 
 def check_peak_memory(device: torch.device, sizes: Sizes, work: Path) -> dict:
@@ -193,7 +198,8 @@ def check_peak_memory(device: torch.device, sizes: Sizes, work: Path) -> dict:
     del big
     config = dataclasses.replace(task_cells(sizes.task_steps)[0], train=TrainConfig(
         steps=sizes.task_steps, batch_size=8, warmup_steps=1, image_size=16, save_artifacts=False, device="cuda"))
-    record = Runner(work, force=True, cache_dir=work / "cache").run(config, write=False)
+    with tempfile.TemporaryDirectory(prefix="tunebench-gpu-check-cache-") as cache:
+        record = Runner(work, force=True, cache_dir=Path(cache)).run(config, write=False)
     allocator = torch.cuda.max_memory_allocated(device) / 2**20
     if record["status"] != "ok":
         raise AssertionError(f"the probe cell failed: {record['error']}")
@@ -341,6 +347,14 @@ class _Skip(Exception):
     """A part that does not apply on this device (recorded as skipped, not failed)."""
 
 
+class PartFailed(Exception):
+    """A failed check that still has numbers to keep (recorded with the failure)."""
+
+    def __init__(self, message: str, **details) -> None:
+        super().__init__(message)
+        self.details = details
+
+
 PARTS: tuple[tuple[str, Callable[[torch.device, Sizes, Path], dict]], ...] = (
     ("autocast", check_autocast),
     ("tasks", run_tasks),
@@ -357,6 +371,8 @@ def run_part(name: str, part, device: torch.device, sizes: Sizes, work: Path) ->
         entry = {"name": name, "status": "ok", **part(device, sizes, work)}
     except _Skip as skip:
         entry = {"name": name, "status": "skipped", "note": str(skip)}
+    except PartFailed as failure:
+        entry = {"name": name, "status": "failed", "error": str(failure), **failure.details}
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # one broken part must not lose the others' numbers

@@ -80,8 +80,9 @@ def write(runs: list[dict], results_dir: Path, options: Options) -> tuple[list[s
     for name, part in parts.items():
         note = part.get("error") or part.get("note") or ""
         if name == "tasks" and part.get("cells"):
-            note = "; ".join(f"{c['task']}/{c['method']} {c['status']}, {_number(c['peak_memory_mb'], 0)} MB "
-                             f"({c['peak_memory_kind']})" for c in part["cells"])
+            note = (f"{note}. " if note else "") + "; ".join(
+                f"{c['task']}/{c['method']} {c['status']}, {_number(c['peak_memory_mb'], 0)} MB "
+                f"({c['peak_memory_kind']})" for c in part["cells"])
         elif name == "peak-memory" and part["status"] == "ok":
             note = (f"tiny cell peak {part['cell_peak_memory_mb']:g} MB after a freed {part['peak_before_mb']:g} MB "
                     f"peak; allocator max {part['allocator_max_mb']:g} MB")
