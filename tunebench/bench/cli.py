@@ -1,4 +1,4 @@
-"""Command line: ``tunebench list | build | run | bench | report`` (also ``python -m tunebench``)."""
+"""Command line: ``tunebench list | build | run | bench | report | gpu-check`` (also ``python -m tunebench``)."""
 
 from __future__ import annotations
 
@@ -229,6 +229,41 @@ def _report(args) -> None:
         print(path)
 
 
+def _gpu_check(args) -> int:
+    import torch
+
+    from tunebench.bench.gpucheck import DEFAULT_RESULTS as GPU_RESULTS
+    from tunebench.bench.gpucheck import RESULT_FILE, failed_parts, gpu_check
+    from tunebench.bench.lock import claim_results
+
+    tiny, results = args.tiny, args.results
+    if results is not None and results.resolve() == DEFAULT_RESULTS.resolve():
+        raise ConfigError(f"gpu-check writes a results folder of its own (default {GPU_RESULTS}): its small "
+                          f"task cells must not mix with the sweeps' runs in {DEFAULT_RESULTS}/")
+    if not torch.cuda.is_available() and not tiny:
+        print("gpu-check: no CUDA GPU on this machine: running the --tiny dry pass on the CPU instead "
+              "(toy sizes, nothing written); run `make gpu-check` on a GPU for the numbers", flush=True)
+        tiny, results = True, None
+    elif not tiny and results is None:
+        results = GPU_RESULTS
+    if results is None:
+        summary = gpu_check(None, tiny=tiny)
+    else:
+        from tunebench.report.build import build_report
+
+        with claim_results(results, "tunebench gpu-check"):
+            summary = gpu_check(results, tiny=tiny)
+            try:
+                build_report(results)
+            except TunebenchError as exc:  # e.g. every task cell failed: no runs to report
+                print(f"gpu-check: no report: {exc}", file=sys.stderr)
+        print(f"wrote {results / RESULT_FILE} and {results / 'report.md'}")
+    failed = failed_parts(summary)
+    print(f"gpu-check: {len(summary['parts']) - len(failed)} of {len(summary['parts'])} parts passed or skipped "
+          f"in {summary['wall_seconds']} s" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunebench",
@@ -290,20 +325,36 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: results)")
     p.add_argument("--reference", default="cones", help="method that train times are compared to")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser(
+        "gpu-check", help="check every task's CUDA + bf16 path and measure throughput, MFU and step times on "
+        "one GPU (a few minutes; docs/gpu-check.md); without a GPU, a --tiny dry pass",
+        description="Parts: autocast (bf16 on CUDA), tasks (one small cell per task through the runner; "
+        "peak memory from the CUDA allocator), peak-memory (reset per run), full-ft (images/s and MFU on "
+        "open_clip:ViT-B-16, random weights, 224 px, largest batch <= 256), classes-1000 (ConES vs CoOp step "
+        "time at 1,000 classes), sd-64 (ConES vs textual inversion on an SD-proportioned random pipeline, "
+        "64x64 latents). Each part records its own failure and the others go on; exit status 1 if any failed. "
+        "Without a CUDA GPU it says so and runs the --tiny pass instead, writing nothing. See docs/gpu-check.md.")
+    p.add_argument("--tiny", action="store_true",
+                   help="toy sizes, same code (the CPU dry pass; seconds); writes nothing unless --results is given")
+    p.add_argument("--results", type=Path,
+                   help="folder for gpu-check.json, the task cells' records (runs/) and report.md "
+                        "(default: results-gpu; with --tiny, a temporary folder that is dropped)")
+    p.set_defaults(func=_gpu_check)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except TunebenchError as exc:
         print(f"tunebench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tunebench: interrupted; finished runs are stored, rerun to do the rest", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -151,7 +151,7 @@ class Generation:
                               "fidelity": round(evaluator.probe_fidelity(adapter), 5)})
 
         at = {round(f * train_cfg.steps) for f in settings.checkpoints[:-1]} if evaluator else set()
-        outcome = _train(adapter, latents, torch.arange(n_train), config=config, settings=settings,
+        outcome = train_concept(adapter, latents, torch.arange(n_train), config=config, settings=settings,
                          watch=train_watch, checkpoints=at, on_checkpoint=checkpoint)
         metrics: dict = {"concept": concept.concept, "initializer": prompts.initializer,
                          "timing_only": model.timing_only}
@@ -185,7 +185,7 @@ class Generation:
         )
 
 
-def _train(adapter, latents, train_index, *, config: RunConfig, settings: GenerationSettings,
+def train_concept(adapter, latents, train_index, *, config: RunConfig, settings: GenerationSettings,
            watch: Stopwatch, checkpoints: set[int], on_checkpoint) -> dict:
     """Denoising loss on the references; fidelity checkpoints run with the clock paused."""
     model, train_cfg = adapter.model, config.train
