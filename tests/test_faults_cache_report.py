@@ -174,7 +174,7 @@ def test_track_fractions_are_checked_by_each_track(tmp_path, capsys):
 
 
 def test_new_records_carry_the_schema_version(tmp_path):
-    from tunebench.bench.executors import lost_cell_record
+    from tunebench.bench.worker import lost_cell_record
     from tunebench.config import RunConfig
 
     lost = lost_cell_record(RunConfig("fewshot-cls", "tiny-shapes", "cones", "tiny-clip", 2, 0), "worker lost")

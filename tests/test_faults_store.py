@@ -396,7 +396,7 @@ def test_no_orphan_is_removed_while_a_record_cannot_be_read(tmp_path):
 
 
 def test_ray_staging_folder_of_a_dead_worker_is_removed_and_a_live_one_kept(tmp_path, monkeypatch):
-    from tunebench.bench.executors import remove_stale_staging, staging_folder, staging_root
+    from tunebench.bench.worker import remove_stale_staging, staging_folder, staging_root
 
     monkeypatch.setenv("TUNEBENCH_STAGING_DIR", str(tmp_path / "staging"))
     with staging_folder() as live:
@@ -418,12 +418,12 @@ def test_ray_staging_folder_of_a_dead_worker_is_removed_and_a_live_one_kept(tmp_
 
 
 def test_ray_staging_is_node_local_not_in_the_cache(tmp_path, monkeypatch):
-    from tunebench.bench.executors import STAGING_ENV, staging_root
+    from tunebench.bench.worker import STAGING_ENV, staging_root
 
     monkeypatch.delenv(STAGING_ENV, raising=False)
     monkeypatch.setenv("TUNEBENCH_CACHE_DIR", str(tmp_path / "nfs-cache"))
     root = staging_root()
-    assert root.parent == Path(tempfile.gettempdir()) and root.name.startswith("tunebench-ray-staging-")
+    assert root.parent == Path(tempfile.gettempdir()) and root.name.startswith("tunebench-staging-")
 
 
 # ------------------------------------------------------ item 8: file modes, repeated cells

@@ -16,16 +16,15 @@ import yaml
 
 from tunebench.bench.cli import main
 from tunebench.bench.executors import (
-    KILL_MARKER_ENV,
     RAY_MISSING,
     RayOptions,
     cell_resources,
     check_devices,
     run_sweep_ray,
-    staging_root,
 )
 from tunebench.bench.store import REQUIRED_KEYS
 from tunebench.bench.sweep import expand, load_sweep
+from tunebench.bench.worker import KILL_MARKER_ENV, staging_root
 from tunebench.config import RunConfig, TrainConfig
 from tunebench.errors import ConfigError
 from tunebench.registry import load_all

@@ -11,6 +11,8 @@ from pathlib import Path
 from tunebench.errors import ConfigError, TunebenchError
 
 DEFAULT_RESULTS = Path("results")
+# The ``executor`` of a record made in this process (`run`, `bench --jobs 1`).
+ONE_AT_A_TIME = {"kind": "local", "jobs": 1, "concurrent_cells": 1}
 
 
 LIST_KINDS = ("methods", "tasks", "backbones", "datasets", "builds")
@@ -134,7 +136,7 @@ def _run(args) -> None:
     validate_cells([config])
     resolve_device(config.train.device)  # a GPU that is not there: one line, before the store is touched
     with claim_results(args.results, f"tunebench run --method {args.method} --dataset {args.dataset}"):
-        record = Runner(args.results, force=args.force).run(config)
+        record = Runner(args.results, force=args.force, executor=ONE_AT_A_TIME).run(config)
     if record is None:
         print(f"already finished: {Runner(args.results).store.path(config.config_hash)} (use --force to rerun)")
         return
@@ -176,6 +178,12 @@ def _bench(args) -> None:
     ray_flags = [args.ray_address, args.ray_workers, args.ray_cpus_per_cell]
     if args.executor != "ray" and any(flag is not None for flag in ray_flags):
         raise ConfigError("--ray-address, --ray-workers and --ray-cpus-per-cell need --executor ray")
+    if args.executor == "ray" and (args.jobs is not None or args.threads is not None):
+        raise ConfigError("--jobs and --threads are for --executor local; Ray takes --ray-workers "
+                          "and --ray-cpus-per-cell")
+    from tunebench.bench.parallel import check_jobs
+
+    check_jobs(1 if args.jobs is None else args.jobs, args.threads)  # before the results folder is touched
     load_all()
     listed = expand(load_sweep(args.sweep))
     cells = unique_cells(listed)
@@ -198,8 +206,6 @@ def _bench(args) -> None:
 
 def _bench_cells(args, cells: list) -> None:
     """Run the (validated, de-duplicated) cells, then report; the caller holds the results-folder lock."""
-    from tunebench.bench.runner import Runner, run_sweep
-
     started = time.perf_counter()
     if args.executor == "ray":
         from tunebench.bench.executors import RayOptions, run_sweep_ray
@@ -208,8 +214,12 @@ def _bench_cells(args, cells: list) -> None:
                  "cpus_per_cell": args.ray_cpus_per_cell}
         options = RayOptions(**{k: v for k, v in given.items() if v is not None})
         summary = run_sweep_ray(cells, args.results, force=args.force, options=options)
+    elif (args.jobs or 1) > 1:
+        from tunebench.bench.parallel import run_sweep_local
+
+        summary = run_sweep_local(cells, args.results, jobs=args.jobs, threads=args.threads, force=args.force)
     else:
-        summary = run_sweep(cells, Runner(args.results, force=args.force))
+        summary = _run_in_process(cells, args)
     minutes = (time.perf_counter() - started) / 60
     print(
         f"sweep {args.sweep}: {len(summary.ok)} ran, {len(summary.skipped)} already finished, "
@@ -219,6 +229,23 @@ def _bench_cells(args, cells: list) -> None:
         _report(args)
     if summary.failed:
         raise TunebenchError(f"{len(summary.failed)} run(s) failed; their errors are in {args.results}/runs")
+
+
+def _run_in_process(cells: list, args):
+    """``--jobs 1``: one cell after another in this process, on torch's own thread count
+    unless ``--threads`` sets one (for this sweep only)."""
+    import torch
+
+    from tunebench.bench.runner import Runner, run_sweep
+
+    runner = Runner(args.results, force=args.force, executor=ONE_AT_A_TIME)
+    before = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        return run_sweep(cells, runner)
+    finally:
+        torch.set_num_threads(before)
 
 
 def _report(args) -> None:
@@ -312,8 +339,15 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help="do not rebuild the report afterwards")
     p.add_argument("--reference", default="cones", help="method that train times are compared to")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="local: one cell after another in this process; ray: one Ray task per cell "
+                   help="local: on this machine (--jobs cells at once); ray: one Ray task per cell "
                         "(see docs/cluster.md)")
+    p.add_argument("--jobs", type=int,
+                   help="local: cells run at once, each in a worker process (default 1: one after "
+                        "another in this process, as the committed results ran); times of cells that "
+                        "shared the machine compare only with cells run under the same --jobs and --threads")
+    p.add_argument("--threads", type=int,
+                   help="local: torch threads per cell (default: cores / jobs; with --jobs 1 torch's "
+                        "own default). Float sums depend on it, so coop and full-ft top-1 do too")
     p.add_argument("--ray-address", help="join this Ray cluster (e.g. auto or ray://HEAD:10001); "
                                          "default: start Ray on this machine")
     p.add_argument("--ray-workers", type=int, help="cells running at once (default 2)")

@@ -81,9 +81,11 @@ class SweepSummary:
 
 
 class Runner:
-    def __init__(self, results_dir: Path, *, force: bool = False, cache_dir: Path | None = None):
+    def __init__(self, results_dir: Path, *, force: bool = False, cache_dir: Path | None = None,
+                 executor: dict | None = None):
         self.store = RunStore(results_dir)
         self.force = force
+        self.executor = executor  # how the cell ran, stored as the record's ``executor``
         self.features = FeatureCache((cache_dir or tunebench_cache_dir()) / "features")
         self._backbones: dict[tuple[str, str | None], torch.nn.Module] = {}
 
@@ -160,6 +162,8 @@ class Runner:
         record["peak_memory_kind"] = memory.kind
         record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         record["env"] = environment(device)
+        if self.executor is not None:
+            record["executor"] = dict(self.executor)
         if write:
             store_record(self.store, record, config.label)
         return record

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +147,30 @@ def _environment_lines(runs) -> list[str]:
     return [f"- **Hardware:** {_md_escape(hw)}", f"- **Software:** {_md_escape(sw)}"]
 
 
+def _side_by_side_lines(runs) -> list[str]:
+    """A note on times, only when some runs shared the machine with other cells
+    (``tunebench bench --jobs N`` or Ray): cells side by side share cores and memory
+    bandwidth, so their times are comparable only among runs made the same way."""
+    shared: Counter[str] = Counter()
+    for run in runs:
+        executor = run.get("executor")
+        if not isinstance(executor, dict) or not isinstance(executor.get("concurrent_cells"), int) \
+                or executor["concurrent_cells"] < 2:
+            continue
+        hardware = (run["env"].get("hardware") if isinstance(run["env"], dict) else None) or {}
+        how = (f"--jobs {executor.get('jobs')}" if executor.get("kind") == "local"
+               else f"{executor.get('kind')}, {executor['concurrent_cells']} at once")
+        shared[f"{how}, {hardware.get('torch_threads', '?')} torch thread(s) per cell"] += 1
+    if not shared:
+        return []
+    ways = "; ".join(f"{count} with {how}" for how, count in sorted(shared.items()))
+    return [f"- **Side by side:** {sum(shared.values())} of {len(runs)} runs shared the machine with "
+            f"other cells ({_md_escape(ways)}). Their times compare only with runs made under the same "
+            "jobs and threads (`executor` and `env.hardware.torch_threads` in each record), not with "
+            "runs that had the machine to themselves; accuracy does not depend on it, except through "
+            "the thread count (float sums in another order)."]
+
+
 def _preamble(runs: Runs, metric: str) -> list[str]:
     return [
         "# tunebench results", "",
@@ -161,7 +185,7 @@ def _preamble(runs: Runs, metric: str) -> list[str]:
         "shared cache (`feature_seconds_mean` in `summary.csv`, which also lists memory and "
         "throughput). Failed runs are listed at the end and left out of every number. Where "
         "runs differ in hardware or versions, the distinct values are joined by ' / '.", "",
-        *_environment_lines(runs.ok or runs.failed), "",
+        *_environment_lines(runs.ok or runs.failed), *_side_by_side_lines(runs.ok), "",
     ]
 
 
