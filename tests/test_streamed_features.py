@@ -157,3 +157,26 @@ def test_decoding_runs_in_more_than_one_worker():
     with pytest.raises(threading.BrokenBarrierError):  # the check can fail: one worker waits alone
         source.barrier = threading.Barrier(2, timeout=0.5)
         list(image_batches(source, np.arange(64), batch_size=32, workers=0))
+
+
+def test_memory_report_section_reads_the_benchmark_record(tmp_path):
+    """No record: no section (the report stays as it was). A record: table, verdict, figure."""
+    import json
+
+    from tunebench.report.sections import Options
+    from tunebench.report.sections.memory import write
+
+    assert write([], tmp_path, Options()) == ([], [])
+    rows = [{"test_images": n, "pass": kind, "wall_seconds": n / 1000, "cpu_seconds": n / 600,
+             "cpu_per_wall": 1.67, "peak_rss_mb": rss, "feature_seconds": 1.0 if kind == "cold" else None,
+             "eval_seconds": 0.5 if kind in ("cold", "warm") else None}
+            for n, rss in ((2000, 1000.0), (50000, 1600.0)) for kind in ("decode", "decode-serial", "cold", "warm")]
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / "memory.json").write_text(json.dumps(
+        {"rows": rows, "command": "python -m tunebench.bench.memory_bench", "backbone": "mini-clip",
+         "image_size": 64, "classes": 10, "seconds": 60.0, "machine": {"cpu_count": 2}}))
+    lines, files = write([], tmp_path, Options())
+    text = "\n".join(lines)
+    assert "1.60× that at 2,000 (NOT within the 1.5× target)" in text
+    assert "| 50,000 | cold cell (features computed) | 1600 |" in text
+    assert [p.name for p in files] == ["memory_vs_images.png"] and files[0].is_file()
