@@ -85,6 +85,11 @@ class FeatureFile:
     def close(self) -> None:
         self.handle.close()
 
+    def __del__(self) -> None:  # the last FeatureRows reading it is gone
+        handle = getattr(self, "handle", None)
+        if handle is not None:
+            handle.close()
+
 
 def write_rows(handle: BinaryIO, indices: np.ndarray, chunks: Iterable[np.ndarray | torch.Tensor]) -> None:
     """Write a feature file for ``indices`` into ``handle``, the rows arriving in chunks

@@ -103,7 +103,7 @@ class FeatureCache:
             stored = self.open(path)
             have = stored.indices if stored is not None else np.empty(0, dtype=np.int64)
             missing = np.setdiff1d(indices, have)
-            if len(missing):
+            if len(missing) or stored is None:  # (nothing asked and nothing stored: an empty file)
                 started = time.perf_counter()
                 new = _encode_batches(backbone, source, missing, image_size, device, batch_size,
                                       desc=f"image features {dataset}/{split}")
