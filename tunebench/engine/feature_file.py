@@ -134,6 +134,8 @@ class FeatureRows:
         a smaller ``FeatureRows`` (what a torch tensor's indexing gives, lazily)."""
         if isinstance(key, slice):
             return torch.from_numpy(self.file.read(self.positions[key]))
+        if isinstance(key, int | np.integer):
+            return torch.from_numpy(self.file.read(self.positions[[key]]))[0]
         if isinstance(key, torch.Tensor):
             key = key.cpu().numpy()
         return FeatureRows(self.file, self.positions[np.asarray(key)])
