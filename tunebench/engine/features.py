@@ -5,12 +5,19 @@ adding or removing an image makes a new file (see ``ImageSource.content_key``). 
 file holds the indices computed so far and their trunk features; a request computes
 only what is missing and merges it in. Writers take a file lock and replace the file
 atomically, so concurrent runs never corrupt a cache file.
+
+Nothing here holds a whole split: images are decoded a batch at a time by a thread pool
+(``engine/decoding.py``), features are written to the file as they are computed and
+read back a batch at a time (``engine/feature_file.py``), so a 50,000-image folder
+costs the memory of one batch. ``rows`` answers with such a lazy selection; ``get``
+loads it (for few-shot training rows, which are few).
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
 import re
 import time
 from contextlib import contextmanager
@@ -20,9 +27,17 @@ import numpy as np
 import torch
 
 from tunebench.datasets.base import ImageSource
+from tunebench.engine.decoding import image_batches
+from tunebench.engine.feature_file import (
+    DTYPE,
+    FeatureFile,
+    FeatureRows,
+    stream_to_scratch,
+    write_rows,
+)
 from tunebench.engine.progress import progress
 from tunebench.models.base import VisionLanguageBackbone
-from tunebench.paths import atomic_write_bytes
+from tunebench.paths import atomic_output
 
 
 def safe_name(text: str) -> str:
@@ -55,22 +70,19 @@ class FeatureCache:
         # file, and two long names that shorten alike never share one.
         fingerprint = "|".join([dataset, split, str(len(source)), source.content_key])
         digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:10]
-        name = f"{safe_name(backbone.content_id)}__{safe_name(dataset)}-{digest}__{split}__{size}px.safetensors"
+        name = f"{safe_name(backbone.content_id)}__{safe_name(dataset)}-{digest}__{split}__{size}px.features"
         return self.root / name
 
-    def _read(self, path: Path) -> tuple[np.ndarray, torch.Tensor | None]:
-        from safetensors.torch import load_file
-
-        if not path.is_file():
-            return np.empty(0, dtype=np.int64), None
+    @staticmethod
+    def open(path: Path) -> FeatureFile | None:
+        """The stored file, or None when there is none or it is damaged (then it is
+        rebuilt, never trusted)."""
         try:
-            stored = load_file(str(path))
-            return stored["indices"].numpy(), stored["features"]
-        except Exception:  # a damaged cache is rebuilt, never trusted
-            return np.empty(0, dtype=np.int64), None
+            return FeatureFile.open(path)
+        except (OSError, ValueError, EOFError):
+            return None
 
-    @torch.no_grad()
-    def get(
+    def rows(
         self,
         backbone: VisionLanguageBackbone,
         source: ImageSource,
@@ -81,30 +93,74 @@ class FeatureCache:
         image_size: int,
         device: torch.device,
         batch_size: int = 256,
-    ) -> torch.Tensor:
-        """Trunk features (len(indices), F) in the order of ``indices``."""
-        from safetensors.torch import save
-
+    ) -> FeatureRows:
+        """Trunk features of ``indices``, in their order, read from disk when sliced:
+        memory stays one batch whatever the split's size."""
         path = self.file_for(backbone, source, dataset, split, image_size)
         indices = np.asarray(indices, dtype=np.int64)
         with locked(path):
             remove_stale_temporaries(path)
-            have, features = self._read(path)
+            stored = self.open(path)
+            have = stored.indices if stored is not None else np.empty(0, dtype=np.int64)
             missing = np.setdiff1d(indices, have)
-            if len(missing):
+            if len(missing) or stored is None:  # (nothing asked and nothing stored: an empty file)
                 started = time.perf_counter()
-                new = _encode(backbone, source, missing, image_size, device, batch_size,
-                              desc=f"image features {dataset}/{split}")
+                new = _encode_batches(backbone, source, missing, image_size, device, batch_size,
+                                      desc=f"image features {dataset}/{split}")
+                try:
+                    _write_merged(path, stored, missing, new)
+                finally:
+                    if stored is not None:
+                        stored.close()
                 self.seconds_computing += time.perf_counter() - started
-                have = np.concatenate([have, missing])
-                features = new if features is None else torch.cat([features, new])
-                order = np.argsort(have)
-                have, features = have[order], features[torch.from_numpy(order)]
-                atomic_write_bytes(path, save({"indices": torch.from_numpy(have), "features": features.contiguous()}))
-        rows = np.searchsorted(have, indices)
-        if not np.array_equal(have[np.minimum(rows, len(have) - 1)], indices):
+                stored = FeatureFile.open(path)
+        rows = np.searchsorted(stored.indices, indices)
+        if not np.array_equal(stored.indices[np.minimum(rows, len(stored.indices) - 1)], indices):
+            stored.close()
             raise RuntimeError(f"feature cache {path} lacks requested rows; delete it and rerun")
-        return features[torch.from_numpy(rows)]
+        return FeatureRows(stored, rows)
+
+    def get(self, backbone: VisionLanguageBackbone, source: ImageSource, indices: np.ndarray,
+            **options) -> torch.Tensor:
+        """``rows(...)`` all in memory, (len(indices), F): for selections that fit (few-shot
+        training rows, small test splits)."""
+        return self.rows(backbone, source, indices, **options).tensor()
+
+
+def _write_merged(path: Path, stored: FeatureFile | None, missing: np.ndarray, new) -> None:
+    """Replace ``path`` atomically with the stored rows plus ``new`` (the features of
+    ``missing``, sorted, arriving in chunks), in index order, a chunk at a time."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as handle:
+        if stored is None or not len(stored.indices):
+            write_rows(handle, missing, new)
+        else:  # computed rows go to a scratch file first, then both are merged in order
+            fresh = stream_to_scratch(missing, new, directory=path.parent)
+            try:
+                write_rows(handle, *_merge(stored, fresh.file, missing))
+            finally:
+                fresh.file.close()
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _merge(old: FeatureFile, new: FeatureFile, missing: np.ndarray, block: int = 4096):
+    """The sorted union of two files' indices, and its rows in chunks of ``block``."""
+    merged = np.concatenate([old.indices, missing])
+    order = np.argsort(merged, kind="stable")
+    from_old = order < len(old.indices)
+
+    def chunks():
+        taken_old = taken_new = 0
+        for start in range(0, len(order), block):
+            mask = from_old[start : start + block]
+            n_old = int(mask.sum())
+            rows = np.empty((len(mask), old.num_features), dtype=DTYPE)
+            rows[mask] = old.read(np.arange(taken_old, taken_old + n_old))
+            rows[~mask] = new.read(np.arange(taken_new, taken_new + len(mask) - n_old))
+            taken_old, taken_new = taken_old + n_old, taken_new + len(mask) - n_old
+            yield rows
+
+    return merged[order], chunks()
 
 
 def remove_stale_temporaries(path: Path) -> None:
@@ -115,18 +171,25 @@ def remove_stale_temporaries(path: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def _encode(backbone, source, indices, image_size, device, batch_size, desc) -> torch.Tensor:
+def _encode_batches(backbone, source, indices, image_size, device, batch_size, desc):
+    """Trunk features of ``indices``, one float32 CPU tensor per batch, images decoded
+    by the pool one batch ahead (``engine/decoding.py``)."""
     backbone.eval()
-    chunks = []
-    for start in progress(range(0, len(indices), batch_size), desc=desc, unit="batch"):
-        images = source.load(indices[start : start + batch_size])
-        pixels = backbone.preprocess(images, image_size).to(device)
-        chunks.append(backbone.encode_image_trunk(pixels).float().cpu())
-    return torch.cat(chunks)
+    batches = image_batches(source, indices, batch_size)
+    for images in progress(batches, desc=desc, unit="batch", total=-(-len(indices) // batch_size)):
+        with torch.no_grad():  # not around the yield: a generator would leak the mode to its caller
+            features = backbone.encode_image_trunk(backbone.preprocess(images, image_size).to(device))
+        yield features.float().cpu()
 
 
 def encode_images(backbone, source, indices, *, image_size, device, batch_size) -> torch.Tensor:
     """Trunk features computed now, with the backbone as it is (for tuned image towers)."""
-    with torch.no_grad():
-        return _encode(backbone, source, np.asarray(indices), image_size, device, batch_size,
-                       desc="image features (tuned tower)")
+    return torch.cat(list(_encode_batches(backbone, source, np.asarray(indices), image_size, device, batch_size,
+                                          desc="image features (tuned tower)")))
+
+
+def encode_rows(backbone, source, indices, *, image_size, device, batch_size) -> FeatureRows:
+    """``encode_images`` kept in an anonymous scratch file, for splits too large to hold."""
+    indices = np.asarray(indices)
+    return stream_to_scratch(indices, _encode_batches(backbone, source, indices, image_size, device, batch_size,
+                                                      desc="image features (tuned tower)"))

@@ -19,6 +19,7 @@ import torch
 from tunebench.config import RunConfig
 from tunebench.datasets import ClassificationDataset, load_dataset
 from tunebench.datasets.class_split import split_base_new
+from tunebench.engine.feature_file import FeatureRows
 from tunebench.errors import DataError
 from tunebench.methods.base import ClassPrompts, MethodAdapter
 from tunebench.registry import TASKS
@@ -44,7 +45,7 @@ class BaseToNew(FewShotClassification):
         base = split_base_new(dataset).base  # fewer than 2 classes: one line, from validate
         return TrainingClasses(base, base.train.positions)
 
-    def score(self, adapter: MethodAdapter, features: torch.Tensor, labels: torch.Tensor,
+    def score(self, adapter: MethodAdapter, features: torch.Tensor | FeatureRows, labels: torch.Tensor,
               dataset: ClassificationDataset, config: RunConfig, device: torch.device) -> dict:
         split = split_base_new(dataset)
         is_base = labels < split.num_base

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from tunebench.config import RunConfig, TrainConfig
 from tunebench.datasets import ClassificationDataset, fewshot_indices, load_dataset, test_indices
 from tunebench.datasets.fewshot import check_shots
-from tunebench.engine.features import FeatureCache, encode_images
+from tunebench.engine.feature_file import FeatureRows
+from tunebench.engine.features import FeatureCache, encode_rows
 from tunebench.engine.measure import Stopwatch
 from tunebench.engine.training import (
     Optimization,
@@ -60,7 +61,7 @@ class FewShotClassification:
     def training_classes(self, dataset: ClassificationDataset) -> TrainingClasses:
         return TrainingClasses(dataset)
 
-    def score(self, adapter: MethodAdapter, features: torch.Tensor, labels: torch.Tensor,
+    def score(self, adapter: MethodAdapter, features: torch.Tensor | FeatureRows, labels: torch.Tensor,
               dataset: ClassificationDataset, config: RunConfig, device: torch.device) -> dict:
         """Metrics over the test images (features in the order of ``labels``)."""
         correct = count_correct(adapter, adapter.scorer, features, labels, config, device)
@@ -97,7 +98,7 @@ class FewShotClassification:
             if pixels:
                 inputs = backbone.preprocess(dataset.train.load(train_idx), train_cfg.image_size)
             else:
-                inputs = _cached(context.features, backbone, dataset, "train", train_idx, config, device)
+                inputs = _cached(context.features, backbone, dataset, "train", train_idx, config, device).tensor()
             with train_watch.measure():
                 outcome = train_classifier(
                     adapter, inputs, labels, pixels=pixels, config=train_cfg,
@@ -106,9 +107,10 @@ class FewShotClassification:
 
         test_idx = test_indices(dataset, train_cfg.test_per_class)
         test_labels = torch.from_numpy(dataset.test.labels[test_idx])
+        # Test features stay on disk and are scored a batch at a time (see count_correct).
         if pixels:  # the tuned tower must encode the test split itself: evaluation cost
             with eval_watch.measure():
-                test_features = encode_images(
+                test_features = encode_rows(
                     backbone, dataset.test, test_idx, image_size=train_cfg.image_size,
                     device=device, batch_size=train_cfg.eval_batch_size,
                 )
@@ -164,20 +166,22 @@ def train_classifier(
     return TrainOutcome(steps=config.steps, images_seen=config.steps * batches.batch, final_loss=run.loss)
 
 
-def _cached(cache: FeatureCache, backbone, dataset, split, indices, config: RunConfig, device):
+def _cached(cache: FeatureCache, backbone, dataset, split, indices, config: RunConfig, device) -> FeatureRows:
     source = dataset.train if split == "train" else dataset.test
-    return cache.get(
+    return cache.rows(
         backbone, source, indices, dataset=dataset.name, split=split,
         image_size=config.train.image_size, device=device, batch_size=config.train.eval_batch_size,
     )
 
 
 @torch.no_grad()
-def count_correct(adapter: MethodAdapter, make_scorer: Callable[[], Scorer | None], features: torch.Tensor,
-                  labels: torch.Tensor, config: RunConfig, device: torch.device) -> int | None:
+def count_correct(adapter: MethodAdapter, make_scorer: Callable[[], Scorer | None],
+                  features: torch.Tensor | FeatureRows, labels: torch.Tensor, config: RunConfig,
+                  device: torch.device) -> int | None:
     """Top-1 hits of the scorer ``make_scorer()`` returns over the test features; None
     when it returns none. The scorer is made once, so a text side that does not depend
-    on the image is encoded once."""
+    on the image is encoded once. ``features`` is sliced one evaluation batch at a time,
+    so features on disk (``FeatureRows``) are read a batch at a time."""
     adapter.eval()
     with autocast_for(device, config.train.precision):
         score = make_scorer()
