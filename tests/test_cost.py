@@ -33,6 +33,9 @@ def test_timing_backbone_names_and_prompt_length():
     model = BACKBONES.resolve("cls-timing:tiny-ctx8")[0]("tiny-ctx8")
     assert model.timing_only and model.text_tokens == 8
     assert model.tokenize(["a photo of a dog.", "x"]).input_ids.shape == (2, 8)  # padded to exactly 8
+    builder, _ = BACKBONES.resolve("cls-timing:tiny")
+    with pytest.raises(ConfigError, match="fewshot-cls cells only"):
+        builder.check(RunConfig(task="align", dataset="x", method="lit", backbone="cls-timing:tiny", shots=1, seed=1))
 
 
 def test_one_timing_cell_runs_and_reports_costs_only(tmp_path):

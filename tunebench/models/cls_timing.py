@@ -105,5 +105,12 @@ def build_cls_timing(argument: str, *, pretrained: str | None = None):
     return model.eval()
 
 
-# Checked before a sweep starts: the name's form, without building anything.
-build_cls_timing.check = lambda config: parse(BACKBONES.resolve(config.backbone)[1])
+def check(config) -> None:
+    """Before a sweep starts, without building anything: the name's form, and the task
+    (only few-shot classification knows to record no score for random weights)."""
+    parse(BACKBONES.resolve(config.backbone)[1])
+    if config.task != "fewshot-cls":
+        raise ConfigError(f"{config.backbone} is for timing fewshot-cls cells only, not {config.task}")
+
+
+build_cls_timing.check = check
