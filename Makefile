@@ -10,6 +10,7 @@ ALIGN_SCALING_SWEEPS ?= bench-align-data.yaml bench-align-lite2.yaml
 DETECT_SWEEPS ?= bench-detect.yaml bench-detect-textile.yaml
 GEN_SWEEPS ?= bench-gen.yaml bench-gen-cost.yaml
 B2N_SWEEPS ?= bench-b2n.yaml
+COST_SWEEPS ?= bench-cost.yaml bench-cost-towers.yaml bench-cost-prompt.yaml bench-cost-cocoop.yaml bench-cost-cocoop-towers.yaml
 # The GPU recipe on a real CLIP (CLIP=folder DATA=CoOp's DATA root): results of their own.
 VITB16_RESULTS ?= results-vitb16
 # `make gpu-check` (one GPU): its numbers and the task cells' records go here.
@@ -28,12 +29,13 @@ run_sweeps = $(call run_sweeps_into,$(1),$(RESULTS))
 run_sweeps_into = for sweep in $(1); do $(PY) -m tunebench bench $$sweep --results $(2) --no-report || exit 1; done; \
 	$(PY) -m tunebench report --results $(2)
 
-.PHONY: setup bench bench-memory bench-b2n bench-coop-vitb16 bench-coop-vitb16-b2n bench-align bench-align-scaling bench-detect bench-gen gpu-check test report lint build clean-cache help
+.PHONY: setup bench bench-memory bench-b2n bench-cost bench-coop-vitb16 bench-coop-vitb16-b2n bench-align bench-align-scaling bench-detect bench-gen gpu-check test report lint build clean-cache help
 
 help:
 	@echo "make setup   create $(VENV) and install tunebench, its data and model packages"
 	@echo "make bench   setup + build mini-clip if needed + run $(SWEEP), $(JOBS) cells at once (JOBS=1: one at a time) + write the report"
 	@echo "make bench-b2n    setup + build mini-clip if needed + run base-to-new generalisation ($(B2N_SWEEPS)) + write the report"
+	@echo "make bench-cost   setup + run the cost-scaling sweeps, timing only ($(COST_SWEEPS)) + write the report"
 	@echo "make bench-coop-vitb16 CLIP=DIR DATA=DIR  few-shot on CoOp's 11 datasets with a Hugging Face CLIP (GPU) into $(VITB16_RESULTS)"
 	@echo "make bench-coop-vitb16-b2n CLIP=DIR DATA=DIR  base-to-new on the same (GPU) into $(VITB16_RESULTS)"
 	@echo "make bench-align  setup + run the alignment track, every preset ($(ALIGN_SWEEPS)) + write the report"
@@ -79,6 +81,12 @@ bench-memory: build
 # Base-to-new generalisation (CoCoOp's protocol) on mini-clip, every classification method.
 bench-b2n: build
 	$(call run_sweeps,$(B2N_SWEEPS))
+
+# Cost at scale (docs/cost.md): each classification method's step time, eval time and
+# peak memory against classes, text-tower size and prompt length, on random-weight
+# timing backbones (cls-timing:*) and synthetic:N datasets: no mini-clip build needed.
+bench-cost: setup
+	$(call run_sweeps,$(COST_SWEEPS))
 
 # The field's protocols on a user's real CLIP folder and CoOp DATA/ root (GPU-sized; the
 # sweep stops in one line when CLIP or DATA is not set).

@@ -21,7 +21,8 @@ DEFAULT_SHOTS, DEFAULT_SEED = 4, 1
 # registered backbone.
 BACKBONE_HELP = (
     "model to tune (default mini-clip). Classification and align: mini-clip, tiny-clip, "
-    "lite0-minilm, lite2-minilm, open_clip:ARCH, hf-clip:FOLDER, towers:FILE.yaml; detect: mini-det, "
+    "lite0-minilm, lite2-minilm, open_clip:ARCH, hf-clip:FOLDER, towers:FILE.yaml; classification "
+    "timing only: cls-timing:TOWER; detect: mini-det, "
     "tiny-detector, det:NAME; generation: mini-t2i, tiny-t2i, diffusers:PATH, "
     "t2i-timing:TEXT-UNET. `tunebench list -v backbones` describes each"
 )

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from tunebench.config import TrainConfig
+from tunebench.engine.measure import synchronize
 from tunebench.engine.progress import progress
 from tunebench.errors import ConfigError, TunebenchError
 
@@ -143,6 +146,7 @@ class Optimization:
         self.total, self.grad_clip = steps, grad_clip
         self.loss = float("nan")  # the last step's
         self.bar = None
+        self.step_times: list[float] = []  # seconds of each step's loop body, device synchronised
 
     @classmethod
     def for_run(cls, groups: Iterable, config: TrainConfig) -> Optimization:
@@ -158,10 +162,27 @@ class Optimization:
         if model is not None:
             model.train()
         self.bar = progress(range(self.total), desc=desc, unit="step", inner=inner, **bar)
-        yield from self.bar
+        device = self.params[0].device if self.params else torch.device("cpu")
+        self.step_times = []
+        for step in self.bar:
+            # Each step's body (batch, forward, backward, update) is timed from here to the
+            # caller's next request, the device synchronised at both ends: per-step
+            # numbers for the cost-scaling study, without changing what a step does.
+            synchronize(device)
+            started = time.perf_counter()
+            yield step
+            synchronize(device)
+            self.step_times.append(time.perf_counter() - started)
         check_finite_parameters(self.params, steps=self.total)
         if model is not None:
             model.eval()
+
+    @property
+    def median_step_seconds(self) -> float | None:
+        """Median seconds per step, the first step left out when there are others (it pays
+        one-off costs: allocations, kernel selection); None before any step ran."""
+        steady = self.step_times[1:] or self.step_times
+        return statistics.median(steady) if steady else None
 
     def update(self, loss: torch.Tensor, step: int) -> float:
         """One update from ``loss`` (refused when non-finite), clipped; returns the loss."""

@@ -4,6 +4,7 @@ A builder has the signature ``build(argument, *, pretrained=None) -> VisionLangu
 """
 
 from tunebench.models import (  # noqa: F401
+    cls_timing,
     hf_clip,
     judge,
     mini_clip,

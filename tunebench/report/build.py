@@ -25,7 +25,7 @@ from tunebench.errors import TunebenchError
 from tunebench.paths import atomic_write_text
 from tunebench.registry import current_method_name
 from tunebench.report.checks import cost_problem, is_finite_number, metrics_problem, schema_problem
-from tunebench.report.sections import Options, section_for, sections
+from tunebench.report.sections import Options, section_of, sections
 from tunebench.report.style import method_key
 from tunebench.report.table import markdown
 
@@ -71,7 +71,7 @@ def _problem(run, metric: str) -> str | None:
             return f"{key} is not a string"
     if "dataset_label" in run and not (isinstance(run["dataset_label"], str) and run["dataset_label"]):
         return "dataset_label is not a non-empty string"
-    section = section_for(run["task"])  # a track's runs are judged by its own headline metric
+    section = section_of(run)  # a track's runs are judged by its own headline metric
     metric = section.metric or metric
     for key in ("shots", "seed"):
         if not isinstance(run[key], int) or isinstance(run[key], bool):
@@ -216,7 +216,7 @@ def build_report(results_dir: Path, *, reference_method: str = "cones", metric: 
     options = Options(reference=reference_method, metric=metric)
     by_section = defaultdict(list)
     for run in runs.ok:
-        by_section[section_for(run["task"]).task].append(run)
+        by_section[section_of(run).task].append(run)
     # A section writes its files only when it has runs (classification's summary.csv
     # always), so a classification-only store gives the same files as before the tracks.
     body, files = [], []

@@ -33,6 +33,7 @@ from tunebench.engine.training import (
 )
 from tunebench.errors import ConfigError
 from tunebench.methods.base import ClassPrompts, MethodAdapter, Scorer
+from tunebench.models.base import count_parameters
 from tunebench.registry import TASKS
 from tunebench.tasks.base import TaskContext, TaskResult, method_and_settings, refuse_detectors
 
@@ -118,21 +119,40 @@ class FewShotClassification:
             test_features = _cached(context.features, backbone, dataset, "test", test_idx, config, device)
         with eval_watch.measure():
             metrics = self.score(adapter, test_features, test_labels, dataset, config, device)
+        metrics = {
+            **metrics,
+            "train_images": 0 if outcome is None else int(len(labels)),
+            "final_train_loss": None if outcome is None else round(outcome.final_loss, 5),
+        }
+        if getattr(backbone, "timing_only", False):
+            metrics = timing_only_metrics(metrics, backbone)
 
         return TaskResult(
             adapter=adapter,
-            metrics={
-                **metrics,
-                "train_images": 0 if outcome is None else int(len(labels)),
-                "final_train_loss": None if outcome is None else round(outcome.final_loss, 5),
-            },
+            metrics=metrics,
             train_seconds=train_watch.seconds,
             eval_seconds=eval_watch.seconds,
             feature_seconds=context.features.seconds_computing - cache_seconds_before,
             steps=0 if outcome is None else outcome.steps,
             images_seen=0 if outcome is None else outcome.images_seen,
             image_input="pixels" if pixels else "cached-features",
+            # Median seconds of one training step (the engine's clock; None: no training).
+            extra={} if outcome is None else {"step_seconds": round(outcome.step_seconds, 6)},
         )
+
+
+# What a timing-only run keeps of its metrics: sizes, never a score (random weights).
+TIMING_KEEPS = ("num_classes", "test_images", "train_images")
+
+
+def timing_only_metrics(metrics: dict, backbone) -> dict:
+    """A timing-only backbone's run (random weights, ``cls-timing:*``) records what its
+    cost depends on instead of scores: the classes, the text tower's size and the token
+    length every prompt is padded to. The report shows these runs as costs alone."""
+    kept = {k: metrics[k] for k in TIMING_KEEPS if k in metrics}
+    text = [*backbone.text_tower.parameters(), *backbone.text_projection.parameters()]
+    return {**kept, "timing_only": True, "text_params": count_parameters(text),
+            "text_tokens": int(backbone.text_tokens)}
 
 
 @dataclass
@@ -140,6 +160,7 @@ class TrainOutcome:
     steps: int
     images_seen: int
     final_loss: float
+    step_seconds: float  # median seconds per step (Optimization.median_step_seconds)
 
 
 def train_classifier(
@@ -163,7 +184,8 @@ def train_classifier(
         with autocast_for(device, config.precision):
             logits = adapter(x, pixels=pixels)
         run.update(F.cross_entropy(logits.float(), y), step)
-    return TrainOutcome(steps=config.steps, images_seen=config.steps * batches.batch, final_loss=run.loss)
+    return TrainOutcome(steps=config.steps, images_seen=config.steps * batches.batch, final_loss=run.loss,
+                        step_seconds=run.median_step_seconds)
 
 
 def _cached(cache: FeatureCache, backbone, dataset, split, indices, config: RunConfig, device) -> FeatureRows:

@@ -5,7 +5,9 @@ have, which metrics are fractions in [0, 1] (fnmatch patterns; a run outside is 
 read), and where it goes in ``report.md``; its writer turns the runs into markdown lines
 and files (CSV, figures). Every module in this folder is imported, so a new track adds
 a section by adding a module: no other file changes. Runs of a task without a section
-are reported by the ``fewshot-cls`` one (classification).
+are reported by the ``fewshot-cls`` one (classification). A section may also claim
+runs of another task by what they are (``claims``): the cost section takes the
+classification runs on timing-only backbones, so no accuracy table ever shows them.
 """
 
 from __future__ import annotations
@@ -39,19 +41,30 @@ class Section:
     fractions: tuple[str, ...]
     metric: str | None  # None: the classification headline of `Options`
     write: Writer
+    # Runs it takes whatever their task (e.g. timing-only ones); None: its task's runs only.
+    claims: Callable[[dict], bool] | None = None
 
 
 SECTIONS: Registry[Section] = Registry("report section")
 
 
-def section(task: str, *, position: int, fractions: tuple[str, ...], metric: str | None = None):
+def section(task: str, *, position: int, fractions: tuple[str, ...], metric: str | None = None,
+            claims: Callable[[dict], bool] | None = None):
     """Decorator on a track's writer: ``@section("align", position=10, ...)``."""
 
     def add(write: Writer) -> Writer:
-        SECTIONS.register(task)(Section(task, position, fractions, metric, write))
+        SECTIONS.register(task)(Section(task, position, fractions, metric, write, claims))
         return write
 
     return add
+
+
+def section_of(run: dict) -> Section:
+    """The section that reports ``run``: the first that claims it, else its task's."""
+    for part in sections():
+        if part.claims is not None and part.claims(run):
+            return part
+    return section_for(run["task"])
 
 
 def section_for(task: str) -> Section:
