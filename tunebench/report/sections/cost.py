@@ -182,7 +182,7 @@ def _lines_figure(panels, path: Path, *, x: str, xlabel: str, title: str, tick_l
             ax.set_xlabel(xlabel)
             ax.set_ylabel("median seconds per training step")
         return figures.finish(fig, handles, path, title,
-                              subtitle="timing only: random weights; median over steps after the first")
+                              subtitle="timing only: random weights")
 
 
 def _figures(all_cells: list[dict], results: Path) -> list[tuple[str, Path]]:
