@@ -28,7 +28,6 @@ mini-clip build takes a lock, so cells running side by side on one node share th
 from __future__ import annotations
 
 import os
-import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,11 +36,11 @@ from pathlib import Path
 from tunebench.bench.runner import SweepSummary, describe_error, unique_cells
 from tunebench.bench.store import RunStore
 from tunebench.bench.worker import (
+    finish_cell,
     lost_cell_record,
     remove_stale_staging,
     run_cell,
     staging_root,
-    store_cell,
 )
 from tunebench.config import RunConfig
 from tunebench.engine.progress import progress
@@ -192,15 +191,8 @@ def run_sweep_ray(
             config = running.pop(ref)
             record, files = _collect(ray, ref, config, attempts=1 + options.max_retries)
             record.setdefault("executor", {"kind": "ray", "concurrent_cells": options.workers})
-            store_cell(store, config, record, files)
-            if record["status"] == "ok":
-                summary.ok.append(config.config_hash)
-            else:
-                summary.failed.append(config.config_hash)
-                print(f"FAILED {config.label}: {record['error']}", file=sys.stderr)
+            finish_cell(store, config, record, files, summary, on_record)
             bar.update(1)
-            if on_record is not None:
-                on_record(record)
     except BaseException:
         # Interrupted, or stopped by bad input: nothing of the running cells is stored,
         # so a rerun redoes exactly them.

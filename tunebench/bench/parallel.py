@@ -38,7 +38,6 @@ import json
 import multiprocessing
 import os
 import signal
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -49,11 +48,11 @@ from pathlib import Path
 from tunebench.bench.runner import SweepSummary, describe_error, unique_cells
 from tunebench.bench.store import RunStore
 from tunebench.bench.worker import (
+    finish_cell,
     lost_cell_record,
     remove_stale_staging,
     run_cell,
     staging_root,
-    store_cell,
 )
 from tunebench.config import RunConfig
 from tunebench.engine.progress import progress
@@ -288,17 +287,10 @@ def run_sweep_local(
                     worker.close()
                     workers.remove(worker)
                 record["executor"] = {"kind": "local", "jobs": jobs, "concurrent_cells": worker.concurrent}
-                store_cell(store, config, record, files)
+                finish_cell(store, config, record, files, summary, on_record)
                 measured = (record.get("train_seconds") or 0) + (record.get("eval_seconds") or 0)
                 schedule.finished(config, measured or time.perf_counter() - worker.started)
-                if record["status"] == "ok":
-                    summary.ok.append(config.config_hash)
-                else:
-                    summary.failed.append(config.config_hash)
-                    print(f"FAILED {config.label}: {record['error']}", file=sys.stderr)
                 bar.update(1)
-                if on_record is not None:
-                    on_record(record)
     finally:
         # Interrupted or stopped by bad input: the cells still running are dropped
         # unstored, so a rerun redoes exactly them.

@@ -20,6 +20,7 @@ import os
 import secrets
 import shutil
 import signal
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -192,3 +193,17 @@ def store_cell(store: RunStore, config: RunConfig, record: dict, files: dict[str
             with atomic_output(store.results_dir / relative) as tmp:
                 Path(tmp).write_bytes(data)
     store_record(store, record, config.label)
+
+
+def finish_cell(store: RunStore, config: RunConfig, record: dict, files: dict[str, bytes], summary,
+                on_record=None) -> None:
+    """What either executor does with a cell's outcome: store it, count it in ``summary``
+    (a SweepSummary), say a failure on stderr, and hand the record to ``on_record``."""
+    store_cell(store, config, record, files)
+    if record["status"] == "ok":
+        summary.ok.append(config.config_hash)
+    else:
+        summary.failed.append(config.config_hash)
+        print(f"FAILED {config.label}: {record['error']}", file=sys.stderr)
+    if on_record is not None:
+        on_record(record)
