@@ -26,6 +26,13 @@ from tunebench.registry import current_method_name, stored_method_name
 # numpy.random.seed takes 0 .. 2**32 - 1; every run seeds numpy with its cell's seed.
 SEED_LIMIT = 2**32
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+# The prompt information every class or concept representation starts from, set once
+# per sweep (fairness: the same start for every method). single: each class's first
+# template ("a photo of a {}."); ensemble: the mean over all of the dataset's templates.
+INITS = ("single", "ensemble")
+# Where a cell is scored: final runs on test data; hyper-parameter selection trials on
+# the task's validation split, which no final run trains or scores on.
+EVAL_SPLITS = ("test", "validation")
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,12 @@ class RunConfig:
     backbone_version: str | None = None
     # The task's own settings, resolved with their defaults (empty for tasks without any).
     task_config: dict = field(default_factory=dict)
+    init: str = "single"
+    eval_split: str = "test"
+    # How the method's settings were chosen (grid, chosen value, validation score, split):
+    # written into the run record, never part of the hash (the chosen value itself is in
+    # method_config, so a different choice is a different cell).
+    selection: dict | None = None
 
     def __post_init__(self) -> None:
         # A renamed method's old name (generation's ``lit``) is stored under its new one,
@@ -86,6 +99,10 @@ class RunConfig:
             raise ConfigError(f"shots must be a whole number >= 0, got {_shown(self.shots)}")
         if not is_seed(self.seed):
             raise ConfigError(f"seed must be a whole number from 0 to {SEED_LIMIT - 1}, got {_shown(self.seed)}")
+        if self.init not in INITS:
+            raise ConfigError(f"init must be one of {', '.join(INITS)}, got {_shown(self.init)}")
+        if self.eval_split not in EVAL_SPLITS:
+            raise ConfigError(f"eval_split must be one of {', '.join(EVAL_SPLITS)}, got {_shown(self.eval_split)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -93,6 +110,7 @@ class RunConfig:
     @property
     def config_hash(self) -> str:
         identity = self.to_dict()
+        del identity["selection"]  # a record of how, not a setting: see the field
         # Fields added after results were stored are left out while unset, so that
         # those results keep their hashes and are not rerun for nothing.
         for name in _ADDED_LATER:

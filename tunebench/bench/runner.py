@@ -61,6 +61,8 @@ def cell_keys(config: RunConfig) -> dict:
         "dataset_label": dataset_label(config.dataset),
         "method": config.method, "backbone": config.backbone, "shots": config.shots,
         "seed": config.seed, "config_hash": config.config_hash,
+        # Fairness, on the record: the start every method shared and where it was scored.
+        "init": config.init, "eval_split": config.eval_split,
     }
 
 
@@ -116,6 +118,7 @@ class Runner:
             "trainable_params": None, "total_params": None, "peak_memory_mb": None,
             "images_per_second": None, "metrics": {}, "steps": None,
             "started_at": started.isoformat(timespec="seconds"),
+            "selection": config.selection,
         }
         memory = PeakMemory(device)
         try:

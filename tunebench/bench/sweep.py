@@ -62,6 +62,8 @@ class SweepConfig:
     method_config: dict = field(default_factory=dict)
     task_config: dict = field(default_factory=dict)
     description: str = ""
+    # The prompt information every method starts from (config.INITS); one for the sweep.
+    init: str = "single"
 
     def __post_init__(self) -> None:
         for name in ("datasets", "methods", "shots", "seeds"):
@@ -147,7 +149,7 @@ def expand(sweep: SweepConfig) -> list[RunConfig]:
                         task=sweep.task, dataset=dataset, method=method, backbone=backbone,
                         shots=shots, seed=seed, train=train, method_config=dict(settings),
                         pretrained=sweep.pretrained, backbone_version=version,
-                        task_config=dict(task_settings),
+                        task_config=dict(task_settings), init=sweep.init,
                     ))
     return cells
 
