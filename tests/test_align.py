@@ -238,6 +238,29 @@ def test_alignment_learns_on_tiny_scenes(tmp_path):
     assert after > before + 0.05
 
 
+def test_a_selection_trial_scores_validation_pairs_only(tmp_path):
+    assert TASKS.get("align").selection_metric == "mean_r1"
+    cell = dataclasses.replace(_cell("lit:projection", lr=0.01), eval_split="validation")
+    validate_cells([cell])
+    record = Runner(tmp_path).run(cell)
+    assert record["status"] == "ok", record.get("traceback")
+    metrics = record["metrics"]
+    assert metrics["validation_pairs"] == 40 and "test_pairs" not in metrics
+    assert 0.0 <= metrics["mean_r1"] <= 1.0
+    assert not [k for k in metrics if k.startswith("zeroshot/")]  # test images of other sets stay unread
+    final = Runner(tmp_path).run(_cell("lit:projection", lr=0.01))["metrics"]
+    assert final["test_pairs"] == 60 and final["mean_r1"] != metrics["mean_r1"]
+
+
+def test_align_refuses_a_validation_split_too_small(monkeypatch):
+    from tunebench.tasks import align
+
+    monkeypatch.setattr(align, "MIN_VALIDATION_PAIRS", 41)
+    with pytest.raises(ConfigError, match="40 validation pairs; selection needs >= 41"):
+        validate_cells([dataclasses.replace(_cell("lit:projection"), eval_split="validation")])
+    validate_cells([_cell("lit:projection")])  # final runs do not read validation pairs
+
+
 def test_align_rejects_wrong_methods_and_datasets():
     with pytest.raises(ConfigError, match="method 'cones' does not serve the align task"):
         validate_cells([dataclasses.replace(_cell("lit:projection"), method="cones", method_config={})])

@@ -149,7 +149,7 @@ def test_scene_generation_is_deterministic():
 
 def test_tiny_scenes():
     data = load_dataset("tiny-scenes")
-    assert (len(data.train), len(data.test), data.native_size) == (200, 60, 16)
+    assert (len(data.train), len(data.validation), len(data.test), data.native_size) == (200, 40, 60, 16)
     assert data.train.images.load(np.arange(3)).shape == (3, 16, 16, 3)
     assert data.train.images.identity(0) == "tiny-scenes/train[0]"
     assert max(len(parse_caption(c)) for c in data.train.captions + data.test.captions) == 2
@@ -160,7 +160,7 @@ def test_tiny_scenes():
 
 def test_scenes():
     data = load_dataset("scenes")
-    assert (len(data.train), len(data.test), data.native_size) == (8000, 1000, 64)
+    assert (len(data.train), len(data.validation), len(data.test), data.native_size) == (8000, 1000, 1000, 64)
     assert data.test.images.load(np.array([0, 999])).shape == (2, 64, 64, 3)
     assert {len(parse_caption(c)) for c in data.test.captions} == {1, 2, 3}
     assert_ids_follow_captions(data.train.captions + data.test.captions,
@@ -219,7 +219,8 @@ def test_fashion_meaning_ignores_wording():
 def test_fashion_captions_dataset():
     data = load_dataset("fashion-captions")
     source = load_dataset("fashion-mnist")
-    assert (len(data.train), len(data.test), data.native_size) == (60000, 1000, 28)
+    assert (len(data.train), len(data.validation), len(data.test), data.native_size) == (59000, 1000, 1000, 28)
+    assert np.bincount(data.validation.meanings // 12).tolist() == [100] * 10
     assert data.test.images.load(np.arange(2)).shape == (2, 28, 28)
     assert np.bincount(data.test.meanings // 12).tolist() == [100] * 10  # class = id // 12
     # The captions say what the pixels show, under thresholds fitted on the train pool.
@@ -233,7 +234,8 @@ def test_fashion_captions_dataset():
         words = describe(FASHION_CLASSES[label], code, 0)[len("a photo of a ") : -1]
         assert words in text and text.replace(words, "") in wordings
     # The tertile and median cuts spread the training pool over the words.
-    assert np.bincount(data.train.meanings % 12 // 4).tolist() == pytest.approx([20000] * 3, abs=2)
+    pool_and_held_out = np.concatenate([data.train.meanings, data.validation.meanings])
+    assert np.bincount(pool_and_held_out % 12 // 4).tolist() == pytest.approx([20000] * 3, abs=2)
     assert 100 <= len(np.unique(data.train.meanings)) <= 120
 
 
@@ -250,3 +252,43 @@ def test_train_subsets_are_nested_seeded_and_bounded():
     assert len(data.train_subset(200, seed=1)) == 200
     with pytest.raises(ConfigError, match="200 training pairs; asked for 201"):
         data.train_subset(201, seed=1)
+
+
+# ---- validation pairs ---------------------------------------------------------------
+
+
+def _image_hashes(split) -> set[str]:
+    import hashlib
+
+    images = split.images.load(np.arange(len(split)))
+    return {hashlib.sha256(image.tobytes()).hexdigest() for image in images}
+
+
+def test_validation_pairs_are_held_out_of_the_training_pool():
+    data = load_dataset("tiny-scenes")
+    # By content: no validation image is a pool image, so no draw (any size, any seed) holds one.
+    assert len(_image_hashes(data.validation)) == 40
+    assert not _image_hashes(data.validation) & _image_hashes(data.train)
+    assert not _image_hashes(data.validation) & _image_hashes(data.test)
+    # The pool is what it was before validation existed: the first 200 seed-0 scenes.
+    images, captions = generate_scenes(240, 16, 2, seed=0)
+    assert np.array_equal(data.train.images.load(np.arange(200)), images[:200])
+    assert data.validation.captions == tuple(captions[200:])
+    assert_ids_follow_captions(data.train.captions + data.validation.captions + data.test.captions,
+                               np.concatenate([data.train.meanings, data.validation.meanings, data.test.meanings]))
+    assert data.split("validation") is data.validation and data.split("test") is data.test
+    with pytest.raises(ConfigError, match="test or validation"):
+        data.split("train")
+
+
+@needs_fashion
+def test_fashion_validation_pairs_keep_their_captions_and_leave_the_pool():
+    data = load_dataset("fashion-captions")
+    source = load_dataset("fashion-mnist")
+    from tunebench.datasets.fashion_captions import VALIDATION_PER_CLASS, VALIDATION_SEED
+    from tunebench.datasets.fewshot import stratified_split
+
+    pool, held_out = stratified_split(source.train.labels, per_class=VALIDATION_PER_CLASS, seed=VALIDATION_SEED)
+    assert not set(pool.tolist()) & set(held_out.tolist()) and len(pool) + len(held_out) == 60000
+    assert np.array_equal(data.validation.images.load(np.arange(1000)), source.train.load(held_out))
+    assert np.array_equal(data.train.images.load(np.array([0, 58999])), source.train.load(pool[[0, -1]]))

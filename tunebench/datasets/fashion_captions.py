@@ -19,7 +19,11 @@ of (class, tone, extent, texture) among the 10·3·2·2 = 120 combinations, not 
 wording: two captions that differ only in template mean the same thing, and
 retrieval does not count finding either as a miss.
 
-Training pool: all 60 000 Fashion-MNIST training images, in file order. Held-out
+Training pool: the Fashion-MNIST training images, in file order, less the validation
+pairs: a fixed 1 000 of them, 100 per class (``stratified_split``, seed
+``VALIDATION_SEED``), held out so that no draw of training pairs holds one. Every
+training image is captioned before the hold-out (thresholds fitted on all 60 000, the
+template drawn per image), so a pool image keeps the caption it always had. Test
 pairs: a fixed 1 000 test images, 100 per class (``test_indices(..., 100)``, the
 subset the classification task evaluates on). Images stay 28×28 grey.
 """
@@ -31,11 +35,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from tunebench.datasets.base import ArrayImages
-from tunebench.datasets.fewshot import test_indices
+from tunebench.datasets.fewshot import stratified_split, test_indices
 from tunebench.datasets.pairs import PairDataset, PairSplit
 from tunebench.registry import DATASETS
 
 OBJECT_THRESHOLD = 32
+VALIDATION_PER_CLASS = 100
+VALIDATION_SEED = 7  # any fixed number: the hold-out must not depend on a run's seed
 TONES = ("dark", "grey", "bright")
 EXTENTS = ("small", "large")
 TEXTURES = ("plain", "patterned")
@@ -127,7 +133,8 @@ def caption_split(
 
 @DATASETS.register("fashion-captions")
 def fashion_captions() -> PairDataset:
-    """Fashion-MNIST captioned with measured tone, extent and texture; 60000 + 1000 pairs, 28 px."""
+    """Fashion-MNIST captioned with measured tone, extent and texture; 59000 + 1000 validation
+    + 1000 test pairs, 28 px."""
     from tunebench.datasets import load_dataset  # the package imports this module
 
     source = load_dataset("fashion-mnist")
@@ -135,10 +142,13 @@ def fashion_captions() -> PairDataset:
     thresholds = fit_thresholds(train_images)
     test_index = test_indices(source, TEST_PER_CLASS)
     common = dict(classnames=source.classnames, thresholds=thresholds)
+    captioned = caption_split(train_images, source.train.labels, template_seed=0,
+                              name="fashion-captions/train", **common)
+    pool, validation = stratified_split(source.train.labels, per_class=VALIDATION_PER_CLASS, seed=VALIDATION_SEED)
     return PairDataset(
         name="fashion-captions",
-        train=caption_split(train_images, source.train.labels, template_seed=0,
-                            name="fashion-captions/train", **common),
+        train=captioned.subset(pool, "fashion-captions/train"),
+        validation=captioned.subset(validation, "fashion-captions/validation"),
         test=caption_split(source.test.load(test_index), source.test.labels[test_index],
                            template_seed=1, name="fashion-captions/test", **common),
         native_size=28,

@@ -1,6 +1,10 @@
 """Image–caption pair datasets for the ``align`` task.
 
-A pair dataset is a training pool and a held-out split of (image, caption) pairs.
+A pair dataset is a training pool, a validation split and a test split of (image,
+caption) pairs. The validation pairs are held out of the training pool by the dataset
+itself (never a row of ``train``), so no draw of training pairs, for any size or seed,
+can contain one; hyper-parameter selection scores on them and final runs score on
+``test``.
 Each pair also carries a *meaning id*: pairs whose captions say the same thing
 (identical scene description, or the same class and attributes in other words)
 share it. Retrieval counts a hit when it finds any item with the query's meaning,
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tunebench.datasets.base import ImageSource
+from tunebench.datasets.base import ArrayImages, ImageSource
 from tunebench.errors import ConfigError
 
 
@@ -36,6 +40,13 @@ class PairSplit:
     def meanings(self) -> np.ndarray:
         return self.images.labels
 
+    def subset(self, indices: np.ndarray, name: str) -> PairSplit:
+        """These rows as a split of their own (images copied, captions kept as they are)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        images = self.images.load(indices)
+        return PairSplit(ArrayImages(images, self.meanings[indices], name),
+                         tuple(self.captions[i] for i in indices))
+
     def __len__(self) -> int:
         return len(self.captions)
 
@@ -43,10 +54,17 @@ class PairSplit:
 @dataclass(frozen=True)
 class PairDataset:
     name: str
-    train: PairSplit
+    train: PairSplit  # the training pool: every draw of training pairs comes from here
+    validation: PairSplit  # held out of the pool: selection trials score here
     test: PairSplit
     native_size: int  # pixels per side of the source images
     description: str = ""
+
+    def split(self, name: str) -> PairSplit:
+        """The split a run scores on: ``test`` or ``validation`` (``RunConfig.eval_split``)."""
+        if name not in ("test", "validation"):
+            raise ConfigError(f"{self.name} scores on test or validation, not {name!r}")
+        return getattr(self, name)
 
     def train_subset(self, size: int, seed: int) -> np.ndarray:
         """Indices of ``size`` training pairs for ``seed`` (nested across sizes)."""

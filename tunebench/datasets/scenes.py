@@ -29,9 +29,10 @@ interior pixels have the caption's colour exactly, edge pixels blend with the
 background, which keeps a 3-pixel circle distinguishable from a 3-pixel square.
 
 The meaning id of a pair is the index of its caption among the unique captions of
-train and test together, so equal captions share an id across splits. Train scenes
-come from seed 0 and test scenes from seed 1: held-out scenes are new draws (a test
-caption can still equal a training caption, as in any captioned corpus).
+all splits together, so equal captions share an id across splits. Train scenes come
+from seed 0, validation scenes are the seed-0 draws after them (held out of the
+training pool) and test scenes come from seed 1: held-out scenes are new draws (a
+held-out caption can still equal a training caption, as in any captioned corpus).
 """
 
 from __future__ import annotations
@@ -241,28 +242,41 @@ def generate_scenes(
     return images, captions
 
 
-def scene_dataset(name: str, *, n_train: int, n_test: int, size: int, max_objects: int) -> PairDataset:
-    """Train scenes from seed 0, test scenes from seed 1, meaning ids shared across both."""
-    train_images, train_captions = generate_scenes(n_train, size, max_objects, seed=0)
+def scene_dataset(name: str, *, n_train: int, n_validation: int, n_test: int, size: int,
+                  max_objects: int) -> PairDataset:
+    """Train then validation scenes from seed 0, test scenes from seed 1, meaning ids shared.
+
+    The validation scenes are the seed-0 draws after the training pool's: the pool is
+    exactly what it was before validation existed (nested draws), and no validation
+    scene is a row of it.
+    """
+    drawn_images, drawn_captions = generate_scenes(n_train + n_validation, size, max_objects, seed=0)
     test_images, test_captions = generate_scenes(n_test, size, max_objects, seed=1)
-    _, ids = np.unique(np.asarray(train_captions + test_captions), return_inverse=True)
+    _, ids = np.unique(np.asarray(drawn_captions + test_captions), return_inverse=True)
     ids = ids.reshape(-1).astype(np.int64)
+    bounds = {"train": (0, n_train), "validation": (n_train, n_train + n_validation)}
+    splits = {split: PairSplit(ArrayImages(drawn_images[a:b], ids[a:b], f"{name}/{split}"),
+                               tuple(drawn_captions[a:b]))
+              for split, (a, b) in bounds.items()}
+    drawn = n_train + n_validation
     return PairDataset(
         name=name,
-        train=PairSplit(ArrayImages(train_images, ids[:n_train], f"{name}/train"), tuple(train_captions)),
-        test=PairSplit(ArrayImages(test_images, ids[n_train:], f"{name}/test"), tuple(test_captions)),
+        **splits,
+        test=PairSplit(ArrayImages(test_images, ids[drawn:], f"{name}/test"), tuple(test_captions)),
         native_size=size,
-        description=f"{n_train} + {n_test} drawn scenes, {size} px, 1-{max_objects} objects",
+        description=f"{n_train} + {n_validation} validation + {n_test} drawn scenes, {size} px, "
+                    f"1-{max_objects} objects",
     )
 
 
 @DATASETS.register("scenes")
 def scenes() -> PairDataset:
-    """Drawn scenes with exact captions (shape, colour, size, 3×3 position); 8000 + 1000 pairs, 64 px."""
-    return scene_dataset("scenes", n_train=8000, n_test=1000, size=64, max_objects=3)
+    """Drawn scenes with exact captions (shape, colour, size, 3×3 position); 8000 + 1000 validation
+    + 1000 test pairs, 64 px."""
+    return scene_dataset("scenes", n_train=8000, n_validation=1000, n_test=1000, size=64, max_objects=3)
 
 
 @DATASETS.register("tiny-scenes")
 def tiny_scenes() -> PairDataset:
-    """Scenes for tests and smoke runs: 16 px, 1-2 objects, 200 + 60 pairs."""
-    return scene_dataset("tiny-scenes", n_train=200, n_test=60, size=16, max_objects=2)
+    """Scenes for tests and smoke runs: 16 px, 1-2 objects, 200 + 40 validation + 60 test pairs."""
+    return scene_dataset("tiny-scenes", n_train=200, n_validation=40, n_test=60, size=16, max_objects=2)

@@ -4,10 +4,15 @@ A run tunes what its method unfreezes (``lit`` presets, or ``full-ft``) with a
 symmetric InfoNCE loss and a learnable temperature on N training pairs (N is the
 cell's ``shots``), then measures:
 
-- retrieval R@1/5/10, image→text and text→image, on the held-out pairs;
+- retrieval R@1/5/10, image→text and text→image, on the held-out test pairs;
 - zero-shot top-1 on classification datasets never seen in alignment;
 - knowledge kept: ImageNet top-1 agreement of the image tower on sample photos, and
   the drift of the text tower's sentence similarities (see ``knowledge.py``).
+
+With ``eval_split: validation`` (a selection trial) retrieval is scored on the
+dataset's validation pairs instead, which are held out of the training pool (no draw
+of training pairs, any size or seed, holds one), and the zero-shot and knowledge
+measures are skipped: they read test images, and selection reads ``mean_r1`` alone.
 
 Costs follow the rest of tunebench: a locked image tower is served from the feature
 cache; a frozen text tower (no text weight and no adapter trains) is run once over
@@ -39,6 +44,8 @@ from tunebench.tasks.knowledge import KnowledgeProbe
 
 RECALL_KS = (1, 5, 10)
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on the inverse temperature
+# Fewer validation pairs than this make R@1 too coarse to rank learning rates by.
+MIN_VALIDATION_PAIRS = 20
 
 
 @dataclass
@@ -66,6 +73,8 @@ class Align:
     # No method hook: a run trains what the method unfroze in the towers and scores
     # through the backbone, so methods that serve align (lit, full-ft, zero-shot) say so.
     hooks = frozenset()
+    # Higher is better; what `tunebench select` compares trials by (the report's headline).
+    selection_metric = "mean_r1"
 
     def validate(self, config: RunConfig) -> None:
         refuse_detectors(config)
@@ -80,6 +89,9 @@ class Align:
                 raise ConfigError(f"task_config.zero_shot_datasets: {name!r} is not a classification dataset")
         if method_cls.trains:
             dataset.train_subset(config.shots, config.seed)  # too many pairs fails here
+        if config.eval_split == "validation" and len(dataset.validation) < MIN_VALIDATION_PAIRS:
+            raise ConfigError(f"{dataset.name} holds out {len(dataset.validation)} validation pairs; selection "
+                              f"needs >= {MIN_VALIDATION_PAIRS}: hold out more or select on another dataset")
 
     def run(self, config: RunConfig, context: TaskContext) -> TaskResult:
         dataset: PairDataset = load_dataset(config.dataset)
@@ -89,7 +101,8 @@ class Align:
         train_watch, eval_watch = Stopwatch(device), Stopwatch(device)
         cache_seconds_before = context.features.seconds_computing
 
-        probe = KnowledgeProbe(backbone, device) if settings.knowledge_probe else None
+        final = config.eval_split == "test"  # a selection trial reads held-out retrieval only
+        probe = KnowledgeProbe(backbone, device) if settings.knowledge_probe and final else None
         with train_watch.measure():
             adapter = method_cls(backbone, ClassPrompts((), ("{}",)), method_settings).to(device)
             if method_cls.trains:
@@ -114,7 +127,7 @@ class Align:
         metrics: dict = {}
         with eval_watch.measure():
             metrics.update(_retrieval(adapter, dataset, pixels=pixels, config=config, context=context))
-            for name in settings.zero_shot_datasets:
+            for name in settings.zero_shot_datasets if final else ():
                 metrics[f"zeroshot/{name}"] = _zero_shot(
                     adapter, load_dataset(name), settings.zero_shot_per_class,
                     pixels=pixels, config=config, context=context,
@@ -123,7 +136,7 @@ class Align:
                 metrics.update(probe.after(backbone))
         metrics.update(
             train_pairs=0 if outcome is None else len(captions),
-            test_pairs=len(dataset.test),
+            **{f"{config.eval_split}_pairs": len(dataset.split(config.eval_split))},
             final_train_loss=None if outcome is None else round(outcome["loss"], 5),
             final_logit_scale=round(float(backbone.logit_scale.detach().exp().clamp(max=MAX_LOGIT_SCALE)), 3),
         )
@@ -202,14 +215,14 @@ def _image_embeddings(adapter, source, indices, *, name, split, pixels, config, 
 @torch.no_grad()
 def _retrieval(adapter, dataset: PairDataset, *, pixels, config, context) -> dict:
     adapter.eval()
-    test = dataset.test
-    indices = np.arange(len(test))
+    scored = dataset.split(config.eval_split)
+    indices = np.arange(len(scored))
     with autocast_for(context.device, config.train.precision):
-        images = _image_embeddings(adapter, test.images, indices, name=dataset.name, split="test",
+        images = _image_embeddings(adapter, scored.images, indices, name=dataset.name, split=config.eval_split,
                                    pixels=pixels, config=config, context=context)
-        texts = _encode_captions(adapter.backbone, list(test.captions), config.train.eval_batch_size)
+        texts = _encode_captions(adapter.backbone, list(scored.captions), config.train.eval_batch_size)
     similarity = images @ texts.T
-    meanings = torch.from_numpy(test.meanings)
+    meanings = torch.from_numpy(scored.meanings)
     metrics = {}
     for direction, sim in (("i2t", similarity), ("t2i", similarity.T)):
         for k, value in recall_at_k(sim, meanings, meanings, RECALL_KS).items():
