@@ -1,8 +1,17 @@
 """Build the fidelity judge (``tunebench/models/judge.py`` defines and loads it): a small
-CNN trained on every class of Fashion-MNIST and Animal-MNIST."""
+CNN trained on every class of Fashion-MNIST and Animal-MNIST, minus every image of a
+generation concept that can be a reference or a validation image.
+
+The judge scores what methods learnt from references: had it trained on those very
+images, a method that copies its references would be rewarded for the judge's
+memory, not for learning the concept. So the candidates are cut by position
+(``concepts.judge_excluded``) and, in case a source dataset holds the same picture
+twice, by the sha256 of each image's bytes.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -13,6 +22,7 @@ import torch.nn.functional as F
 
 from tunebench.builds.base import build_lock, write_build
 from tunebench.datasets import load_dataset
+from tunebench.datasets.concepts import CONCEPTS, judge_excluded
 from tunebench.datasets.fewshot import stratified_split
 from tunebench.engine.training import Optimization
 from tunebench.models.judge import (
@@ -28,13 +38,31 @@ from tunebench.models.judge import (
 from tunebench.registry import BUILDS
 
 
-def _training_data(recipe: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Balanced train subset (``per_class`` a class) and test subset, labels in judge order."""
+def image_hashes(images: np.ndarray) -> list[str]:
+    """sha256 of each image's bytes: what "the same image" means for the judge's hold-out."""
+    return [hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest() for image in images]
+
+
+def judge_candidates(source: str) -> np.ndarray:
+    """Positions in ``source``'s train split the judge may train on."""
+    data = load_dataset(source)
+    excluded = judge_excluded(source)
+    banned = set(image_hashes(data.train.load(excluded)))
+    rest = np.setdiff1d(np.arange(len(data.train)), excluded)
+    return rest[[h not in banned for h in image_hashes(data.train.load(rest))]]
+
+
+def training_data(recipe: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Balanced train subset (``per_class`` a class, concepts' references and validation
+    images left out) and test subset, labels in judge order."""
     train_x, train_y, test_x, test_y = [], [], [], []
     offset = 0
     for source in SOURCES:
         data = load_dataset(source)
-        _, pick = stratified_split(data.train.labels, per_class=recipe["per_class"], seed=recipe["seed"])
+        candidates = judge_candidates(source)
+        _, chosen = stratified_split(data.train.labels[candidates], per_class=recipe["per_class"],
+                                     seed=recipe["seed"])
+        pick = candidates[chosen]
         train_x.append(data.train.load(pick))
         train_y.append(data.train.labels[pick] + offset)
         _, pick = stratified_split(data.test.labels, per_class=recipe["test_per_class"], seed=0)
@@ -42,6 +70,15 @@ def _training_data(recipe: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
         test_y.append(data.test.labels[pick] + offset)
         offset += data.num_classes
     return np.concatenate(train_x), np.concatenate(train_y), np.concatenate(test_x), np.concatenate(test_y)
+
+
+def _concept_accuracy(classes: list[str], per_class: dict[str, float], test_y: np.ndarray) -> dict:
+    """{concept: {accuracy, images}} on the judge's held-out test images of its class."""
+    out = {}
+    for concept, (source, classname) in CONCEPTS.items():
+        key = f"{source}/{classname}"
+        out[concept] = {"accuracy": per_class[key], "images": int((test_y == classes.index(key)).sum())}
+    return out
 
 
 def _shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -59,7 +96,7 @@ def build_judge(name: str = "mnist20", force: bool = False) -> Path:
             return target
         started = time.perf_counter()
         torch.manual_seed(recipe["seed"])
-        train_x, train_y, test_x, test_y = _training_data(recipe)
+        train_x, train_y, test_x, test_y = training_data(recipe)
         classes = judge_classes()
         net = JudgeNet(recipe["width"], len(classes))
         inputs, labels = to_judge_input(train_x), torch.from_numpy(train_y)
@@ -79,6 +116,10 @@ def build_judge(name: str = "mnist20", force: bool = False) -> Path:
             "build_seconds": round(time.perf_counter() - started, 1),
             "test_accuracy": round(float((predicted == test_y).mean()), 4),
             "test_images": int(len(test_y)), "test_accuracy_per_class": per_class,
+            "train_images": int(len(train_y)),
+            # The number the report shows beside fidelity: how often the judge names a
+            # real, never-trained-on image of each concept correctly.
+            "concept_accuracy": _concept_accuracy(classes, per_class, test_y),
         }
         write_build(target, {k: v.contiguous() for k, v in net.state_dict().items()}, record)
         print(f"judge {name} built in {record['build_seconds']} s: held-out test accuracy "
@@ -92,4 +133,5 @@ def build_gen_judge(force: bool = False, *, name: str = "mnist20") -> Path:
     return build_judge(name, force=force)
 
 
-build_gen_judge.summary = "fidelity judge for the generation track: CNN on all 20 Fashion/Animal-MNIST classes, ~1 min"
+build_gen_judge.summary = ("fidelity judge for the generation track: CNN on all 20 Fashion/Animal-MNIST classes "
+                             "(concept references and validation images held out), ~1 min")

@@ -2,8 +2,11 @@
 
 It is trained by the harness on *every* class of Fashion-MNIST and Animal-MNIST (20
 labels), held-out generation concepts included: it is an evaluator, never a tuning
-signal, so it must know the concepts that the text-to-image model was kept from.
-Subject fidelity is the share of generated samples it labels as the concept.
+signal, so it must know the concepts that the text-to-image model was kept from. It
+never trains on an image that can be a reference (any K, any seed) or a validation
+image of a concept (``datasets/concepts.py``), and its record holds its accuracy on
+held-out real images of each concept. Subject fidelity is the share of generated
+samples it labels as the concept.
 
 Built once per machine and cached with its recipe and held-out test accuracy
 (``tunebench build gen-judge``, ``tunebench/builds/judge.py``; it is also built on
@@ -29,10 +32,11 @@ from tunebench.registry import build_model
 
 SOURCES = ("fashion-mnist", "animal-mnist")
 # "mnist20" judges the benchmark; "tiny" is the same code on a sliver of data (tests).
+# Version 2: concepts' reference pools and validation images are held out of training.
 RECIPES = {
-    "mnist20": {"version": 1, "per_class": 2000, "steps": 1500, "batch_size": 64, "lr": 2e-3,
+    "mnist20": {"version": 2, "per_class": 2000, "steps": 1500, "batch_size": 64, "lr": 2e-3,
                 "width": 24, "max_shift": 2, "test_per_class": 200, "seed": 0},
-    "tiny": {"version": 1, "per_class": 40, "steps": 30, "batch_size": 32, "lr": 3e-3,
+    "tiny": {"version": 2, "per_class": 40, "steps": 30, "batch_size": 32, "lr": 3e-3,
              "width": 4, "max_shift": 2, "test_per_class": 10, "seed": 0},
 }
 

@@ -17,7 +17,10 @@ constructed inputs):
 
 Samples are drawn with fixed seeds, the same for every method and run, so methods are
 compared on the same noise: sample j of prompt p starts from seed p × N + j (N samples a
-prompt). Seeds differ between prompts because this small model draws nearly the same
+prompt), plus ``VALIDATION_SEEDS`` in a selection trial (``eval_split: validation``).
+A selection trial scores held-out material only: samples from those other seeds,
+CLIP-I against the concept's validation images instead of the references (which the
+run tuned on), and no real-image calibration (it reads test images). Seeds differ between prompts because this small model draws nearly the same
 image for one noise whatever the template; the curve's checkpoints score the first
 samples of every prompt, a subset of the final samples.
 """
@@ -32,6 +35,9 @@ import torch.nn.functional as F
 
 from tunebench.engine.grids import png_grid
 from tunebench.engine.training import autocast_for
+
+# Selection trials draw from seeds this far above the final runs' (which stay far below).
+VALIDATION_SEEDS = 1_000_000
 
 # ---- metrics on embeddings and labels --------------------------------------------------
 
@@ -97,7 +103,8 @@ class Evaluator:
     """Draws samples for the evaluation prompts and scores them against the references."""
 
     def __init__(self, *, concept, references: np.ndarray, reference_view: np.ndarray,
-                 eval_index: torch.Tensor, settings, precision: str, device: torch.device) -> None:
+                 eval_index: torch.Tensor, settings, precision: str, device: torch.device,
+                 split: str = "test") -> None:
         from tunebench.models.judge import load_judge
 
         self.concept = concept
@@ -109,7 +116,12 @@ class Evaluator:
         self.target = self.judge.label(concept.source, concept.classname)
         self.clip = ClipScorer(settings.clip_backbone, settings.clip_image_size, device)
         self.reference_view = reference_view  # the references as the model draws (size, channels)
-        self.reference_emb = self.clip.images(references)
+        self.final_run = split == "test"
+        self.first_seed = 0 if self.final_run else VALIDATION_SEEDS
+        # CLIP-I's other side: the references in a final run; in a selection trial the
+        # held-out validation images, so that copying the references earns nothing there.
+        compared = references if self.final_run else concept.validation.load(np.arange(len(concept.validation)))
+        self.reference_emb = self.clip.images(compared)
         named = [p.format(concept.classname) for p in settings.eval_prompts]
         self.prompt_emb = self.clip.texts(named)  # (P, D)
 
@@ -122,12 +134,20 @@ class Evaluator:
             states, mask = adapter.conditioning(index)
             pixels = adapter.model.sample(
                 states, mask, null_states=adapter.null_states, null_mask=adapter.null_mask,
-                seeds=[p * self.settings.samples_per_prompt + j
+                seeds=[self.first_seed + p * self.settings.samples_per_prompt + j
                        for p in range(len(self.eval_index)) for j in range(per_prompt)],
                 steps=self.settings.sampling_steps, guidance=self.settings.guidance,
                 batch_size=self.settings.sample_batch_size,
             )
         return adapter.model.to_uint8(pixels)
+
+    def judge_facts(self) -> dict:
+        """Which judge scored the run and how often it names real held-out images of this
+        concept correctly (its ceiling-ish reading of fidelity); None for a judge built
+        before the record held it."""
+        held_out = self.judge.record.get("concept_accuracy", {}).get(self.concept.concept, {})
+        return {"judge": self.judge.record.get("recipe_hash"), "judge_accuracy": held_out.get("accuracy"),
+                "judge_held_out_images": held_out.get("images")}
 
     def probe_fidelity(self, adapter) -> float:
         """Fidelity on the curve's sample subset (the first seeds of every prompt)."""
@@ -151,7 +171,7 @@ class Evaluator:
             "diversity": round(diversity(emb, prompts), 5),
             "samples": int(len(samples)),
             "judge_labels_top": _top_labels(labels, self.judge.classes),
-            **self._real_calibration(),
+            **(self._real_calibration() if self.final_run else {}),
         }
         rows = [self.reference_view] + [samples[i * n : (i + 1) * n] for i in range(prompts)]
         return metrics, png_grid(rows), fidelity(subset.ravel(), self.target)

@@ -232,6 +232,26 @@ def _share_section(rows: list[dict], figure_link: str | None) -> list[str]:
     return lines + ([f"![ConES / TI step time vs text-encoder share]({figure_link})", ""] if figure_link else [])
 
 
+def judge_table(runs: list[dict]) -> list[str]:
+    """The judge's accuracy on real held-out images of each concept (from the run records;
+    one row per judge and concept). It bounds how much a fidelity number can mean: a
+    concept the judge names 70% of the time cannot be told from a perfect method at 70%."""
+    seen: dict[tuple, dict] = {}
+    for r in runs:
+        m = r["metrics"]
+        if t.is_number(m.get("judge_accuracy")):
+            seen[m.get("judge") or "?", r["dataset"].removeprefix("concept:")] = m
+    if not seen:
+        return []
+    table = t.rows([[concept, f"{100 * m['judge_accuracy']:.1f}", str(m.get("judge_held_out_images", "?")), judge]
+                    for (judge, concept), m in sorted(seen.items(), key=lambda kv: (kv[0][1], kv[0][0]))],
+                   columns=["Concept", "Judge accuracy %", "Held-out images", "Judge"])
+    return ["### The fidelity judge on held-out real images", "",
+            "The judge never trains on an image that can be a reference (any K, any seed) or a validation "
+            "image; its accuracy on real test images of each concept, which it never saw:", "",
+            *t.markdown(table, "lrrl"), ""]
+
+
 def _grids_section(cells: list[dict]) -> list[str]:
     samples = lambda r: (r.get("pictures") or {}).get("samples")  # noqa: E731
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -318,7 +338,7 @@ def _ratio_vs_share(rows: list[dict], path: Path) -> Path:
 
 
 @section("generation", position=30, metric="step_seconds",  # the one number every run has, timing-only too
-         fractions=("fidelity", "fidelity_per_prompt", "fidelity_threshold", "real_fidelity"))  # CLIP-I/T may be < 0
+         fractions=("fidelity", "fidelity_per_prompt", "fidelity_threshold", "real_fidelity", "judge_accuracy"))  # CLIP-I/T may be < 0
 def write(runs: list[dict], results: Path, options: Options) -> tuple[list[str], list[Path]]:
     if not runs:
         return [], []
@@ -338,7 +358,7 @@ def write(runs: list[dict], results: Path, options: Options) -> tuple[list[str],
         "Personalised text-to-image: each method learns a concept the model never saw from K "
         "reference images, with the same steps, batch, optimiser and seeds. *Fidelity*: share "
         "of samples the judge (a CNN on all 20 Fashion/Animal-MNIST classes, never used in "
-        "tuning) labels as the concept; *CLIP-I*: mini-clip image–image cosine of samples to the "
+        "tuning, never trained on a possible reference) labels as the concept; *CLIP-I*: mini-clip image–image cosine of samples to the "
         "references; *CLIP-T*: sample–prompt cosine with the concept's real name; *Diversity*: "
         "mean pairwise 1 − cosine among a prompt's samples; *s to ≥T*: train seconds until the "
         "fidelity curve (scored at checkpoints with the train clock paused) first reaches T, "
@@ -346,6 +366,7 @@ def write(runs: list[dict], results: Path, options: Options) -> tuple[list[str],
         "per training step.", "",
         *_headline(comparisons(cells)),
         *_quality_tables(cells),
+        *judge_table(runs),
         *_share_section(rows, next((link for title, link in links if "share" in title), None)),
         *(f"![{title}]({link})\n" for title, link in links if "share" not in title),
         *_grids_section(cells),
