@@ -68,19 +68,38 @@ def _resize(sprite: np.ndarray, side: int) -> np.ndarray:
 
 class SpritePool:
     """Sprites by category; a draw picks a category uniformly, then one of its sprites,
-    so that classes with many source images (Fashion-MNIST) do not crowd out the rest."""
+    so that classes with many source images (Fashion-MNIST) do not crowd out the rest.
 
-    def __init__(self, sprites: np.ndarray, labels: np.ndarray) -> None:
+    Each sprite has an id (its row in the source array unless ``ids`` says otherwise)
+    and the pool remembers which ids it has handed out (``drawn``): a validation set is
+    then composed from a pool ``excluding`` every sprite the training canvases used.
+    Recording changes no draw, so canvases stay what they were.
+    """
+
+    def __init__(self, sprites: np.ndarray, labels: np.ndarray, ids: np.ndarray | None = None) -> None:
         if sprites.dtype != np.uint8 or sprites.ndim != 3:
             raise ValueError("sprites must be uint8 (N, h, w)")
         self.sprites = sprites
-        self.by_category = {int(c): np.flatnonzero(labels == c) for c in np.unique(labels)}
+        self.labels = np.asarray(labels)
+        self.ids = np.arange(len(sprites)) if ids is None else np.asarray(ids)
+        self.by_category = {int(c): np.flatnonzero(self.labels == c) for c in np.unique(self.labels)}
         self.categories = sorted(self.by_category)
+        self.drawn: set[int] = set()
 
     def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         category = self.categories[int(rng.integers(len(self.categories)))]
         members = self.by_category[category]
-        return self.sprites[members[int(rng.integers(len(members)))]], category
+        row = members[int(rng.integers(len(members)))]
+        self.drawn.add(int(self.ids[row]))
+        return self.sprites[row], category
+
+    def excluding(self, ids: set[int]) -> SpritePool:
+        """The sprites whose ids are not in ``ids``; every category must keep one."""
+        keep = ~np.isin(self.ids, np.fromiter(ids, dtype=np.int64, count=len(ids)))
+        emptied = sorted(set(self.categories) - {int(c) for c in np.unique(self.labels[keep])})
+        if emptied:
+            raise ValueError(f"no unused sprite is left for categories {emptied}")
+        return SpritePool(self.sprites[keep], self.labels[keep], self.ids[keep])
 
 
 def compose(

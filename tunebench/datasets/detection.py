@@ -8,7 +8,8 @@ On disk, which is what ``coco:PATH`` reads and what the generated sets are writt
 
 Splits: ``train`` (the pool that few-shot images are drawn from), ``test``, and
 optionally ``base`` (images with base-class objects only, on which a detector is
-built). A category may say ``"split": "base"``; every other category is *novel*: the
+built) and ``validation`` (held-out images that hyper-parameter selection scores on;
+its images must be in neither ``train`` nor ``test``). A category may say ``"split": "base"``; every other category is *novel*: the
 classes the tuning methods are compared on. Extra keys are ignored by COCO tools.
 
 Generated sets (built once into the cache, then read like any ``coco:`` folder):
@@ -16,10 +17,15 @@ Generated sets (built once into the cache, then read like any ``coco:`` folder):
 - ``det-mnist``: 160 px canvases of 1–4 objects from Fashion-MNIST and Animal-MNIST,
   20 classes; novel: elephant, giraffe, zebra, bag, ankle boot. ``base`` has 2,400
   canvases of base objects only, ``train`` 600 and ``test`` 300 with every class
-  (test objects come from the source datasets' test images).
+  (test objects come from the source datasets' test images), and ``validation`` 150:
+  canvases of their own, whose objects are source training images that no ``base``
+  or ``train`` canvas shows (so neither a K-shot draw nor the detector's build saw
+  them), and never test images.
 - ``det-textile``: a specialised domain. 192 px canvases of 1–3 textile patches
-  (defect-free, local defect, global defect), all three classes novel.
-- ``tiny-det``: 48 px canvases of drawn shapes, for tests.
+  (defect-free, local defect, global defect), all three classes novel; ``validation``
+  60 canvases of training patches that no ``train`` canvas shows.
+- ``tiny-det``: 48 px canvases of drawn shapes, for tests; its validation canvases
+  use shapes drawn after (and apart from) the others.
 """
 
 from __future__ import annotations
@@ -319,7 +325,9 @@ def _recipe(canvas: CanvasRecipe, counts: dict[str, int], **more) -> dict:
 
 MNIST_NOVEL = ("elephant", "giraffe", "zebra", "bag", "ankle boot")
 MNIST_CANVAS = CanvasRecipe(size=160, objects=(1, 4), sprite_size=(34, 62))
-MNIST_RECIPE = _recipe(MNIST_CANVAS, {"base": 2400, "train": 600, "test": 300}, novel=list(MNIST_NOVEL))
+MNIST_RECIPE = _recipe(MNIST_CANVAS, {"base": 2400, "train": 600, "test": 300, "validation": 150},
+                       novel=list(MNIST_NOVEL))
+VALIDATION_SEED = 4  # the canvas seed of every generated validation split (the others use 1-3)
 
 
 @DATASETS.register("det-mnist")
@@ -339,17 +347,23 @@ def det_mnist() -> DetectionDataset:
                 parts.append(pixels)
                 labels.append(images.labels + offset)
             sprites, sprite_labels = np.concatenate(parts), np.concatenate(labels)
+            ids = np.arange(len(sprites))  # rows of the unfiltered source: comparable across pools
             if only_base:  # the build split must never show a novel object
                 keep = np.isin(sprite_labels, [i for i, n in enumerate(names) if n not in MNIST_NOVEL])
-                sprites, sprite_labels = sprites[keep], sprite_labels[keep]
-            return SpritePool(sprites, sprite_labels)
+                sprites, sprite_labels, ids = sprites[keep], sprite_labels[keep], ids[keep]
+            return SpritePool(sprites, sprite_labels, ids)
 
         counts = MNIST_RECIPE["counts"]
         # Test objects come from the source datasets' test images, never seen in training.
+        pools = {}
         for split, source, only_base, seed in (("base", "train", True, 1), ("train", "train", False, 2),
                                                ("test", "test", False, 3)):
-            write_split(root, split, _canvases(pool(source, only_base), MNIST_CANVAS, counts[split], seed),
-                        categories)
+            pools[split] = pool(source, only_base)
+            write_split(root, split, _canvases(pools[split], MNIST_CANVAS, counts[split], seed), categories)
+        # Validation objects: training images that no base or train canvas shows.
+        unseen = pool("train", False).excluding(pools["base"].drawn | pools["train"].drawn)
+        write_split(root, "validation", _canvases(unseen, MNIST_CANVAS, counts["validation"], VALIDATION_SEED),
+                    categories)
 
     return generated("det-mnist", MNIST_RECIPE, make)
 
@@ -359,7 +373,7 @@ def det_mnist() -> DetectionDataset:
 # Patches never overlap (min_visible 1): a covered corner could hide the one blotch
 # that makes a patch "local defect", and the label would then be wrong.
 TEXTILE_CANVAS = CanvasRecipe(size=192, objects=(1, 3), sprite_size=(72, 104), opaque=True, min_visible=1.0)
-TEXTILE_RECIPE = _recipe(TEXTILE_CANVAS, {"train": 300, "test": 120})
+TEXTILE_RECIPE = _recipe(TEXTILE_CANVAS, {"train": 300, "test": 120, "validation": 60})
 
 
 @DATASETS.register("det-textile")
@@ -369,12 +383,17 @@ def det_textile() -> DetectionDataset:
 
         textile = load_dataset("textile-defects")
         categories = _categories(list(textile.classnames), set(textile.classnames), "fabric")
+        pools = {}
         for split, seed in (("train", 2), ("test", 3)):
             images = getattr(textile, split)
             grey = images.load(np.arange(len(images))).mean(axis=-1).round().astype(np.uint8)
-            canvases = _canvases(SpritePool(grey, images.labels), TEXTILE_CANVAS,
-                                 TEXTILE_RECIPE["counts"][split], seed)
+            pools[split] = SpritePool(grey, images.labels)
+            canvases = _canvases(pools[split], TEXTILE_CANVAS, TEXTILE_RECIPE["counts"][split], seed)
             write_split(root, split, canvases, categories)
+        # Validation patches: training patches that no train canvas shows.
+        unseen = pools["train"].excluding(pools["train"].drawn)
+        write_split(root, "validation", _canvases(unseen, TEXTILE_CANVAS, TEXTILE_RECIPE["counts"]["validation"],
+                                                  VALIDATION_SEED), categories)
 
     return generated("det-textile", TEXTILE_RECIPE, make)
 
@@ -382,7 +401,8 @@ def det_textile() -> DetectionDataset:
 # ---- tiny-det (tests) ---------------------------------------------------------------
 
 TINY_CANVAS = CanvasRecipe(size=48, objects=(1, 3), sprite_size=(14, 22))
-TINY_RECIPE = _recipe(TINY_CANVAS, {"base": 24, "train": 24, "test": 12}, novel=["cross"], sprites_per_shape=8)
+TINY_RECIPE = _recipe(TINY_CANVAS, {"base": 24, "train": 24, "test": 12, "validation": 12}, novel=["cross"],
+                      sprites_per_shape=8)
 
 
 @DATASETS.register("tiny-det")
@@ -399,6 +419,10 @@ def tiny_det() -> DetectionDataset:
         base_only = ~np.isin(labels, [CLASSNAMES.index(n) for n in TINY_RECIPE["novel"]])
         pools = {"base": SpritePool(sprites[base_only], labels[base_only]), "train": SpritePool(sprites, labels),
                  "test": SpritePool(sprites, labels)}
+        # Validation shapes are drawn after the others, so theirs stay as they were.
+        held_out = np.stack([np.where(_mask(shape, rng), 220, 0).astype(np.uint8)
+                             for shape in CLASSNAMES for _ in range(per_shape)])
+        pools["validation"] = SpritePool(held_out, labels)
         for seed, (split, count) in enumerate(TINY_RECIPE["counts"].items(), start=1):
             write_split(root, split, _canvases(pools[split], TINY_CANVAS, count, seed), categories)
 

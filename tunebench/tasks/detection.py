@@ -17,6 +17,9 @@ its parameters then train on the cached regions like class embeddings do).
   track keeps frozen image features out), and a training step is region
   classification: the cached proposals of the batch's images, every foreground one
   and up to three background ones per foreground, against [background; classes];
+- with ``eval_split: validation`` (a selection trial) the run scores the dataset's
+  ``validation`` canvases instead of ``test`` (the same metric keys; no pictures):
+  canvases of their own whose objects no K-shot draw can hold;
 - methods that train detector or tower weights (``lit:heads``, ``full-ft``) run the
   detector on pixels every step with every detection loss (RPN, classification, box,
   mask), and are evaluated by running their tuned detector on the test images.
@@ -52,6 +55,8 @@ from tunebench.tasks.detection_eval import coco_metrics, coco_results, detection
 from tunebench.tasks.detection_regions import RegionCache, compute_regions
 
 BACKGROUND_PER_OBJECT = 3  # background regions per foreground region in a cached step
+# Fewer held-out images than this make AP too coarse to rank learning rates by.
+MIN_VALIDATION_IMAGES = 10
 
 
 @dataclass
@@ -77,6 +82,12 @@ class Detect:
     # arrive through the detector's own projection, L2-normalised (that is what the
     # region cache holds), and go through the method's refine_image_embeddings.
     hooks = frozenset({"class_embeddings", "refine_image_embeddings"})
+    # Higher is better; what `tunebench select` compares trials by. The report's verdict is
+    # novel box AP, so a method's lr is chosen for that number; selecting on all-class AP
+    # would choose for base classes the detector was built on, where methods barely
+    # differ. Base AP stays in every record, so a choice that buys novel AP by losing
+    # base classes shows up in the final runs.
+    selection_metric = "novel_bbox_ap"
 
     def validate(self, config: RunConfig) -> None:
         dataset = load_dataset(config.dataset)
@@ -89,6 +100,8 @@ class Detect:
                               f"for a detector on backbone NAME")
         build_dataclass(DetectConfig, config.task_config, "task_config")
         dataset.split("test")
+        if config.eval_split == "validation":
+            _check_validation_split(dataset)
         if method_cls.trains:
             fewshot_images(dataset.split("train"), list(range(dataset.num_classes)), config.shots, config.seed,
                            dataset.classnames)
@@ -120,14 +133,17 @@ class Detect:
                 with train_watch.measure():
                     outcome = _train_cached(adapter, regions, positions, config, device)
 
-        test = dataset.split("test")
-        test_positions = list(range(len(test)))[: settings.test_images]
-        if live:  # the tuned detector must see the test images itself: evaluation cost
+        split_name = config.eval_split
+        test = dataset.split(split_name)  # the scored split: test, or validation in a selection trial
+        test_positions = list(range(len(test)))
+        if split_name == "test":
+            test_positions = test_positions[: settings.test_images]
+        if live:  # the tuned detector must see the scored images itself: evaluation cost
             with eval_watch.measure():
                 regions = compute_regions(backbone, test, test_positions, "test", device=device,
                                           batch_size=settings.images_per_batch, desc="regions (tuned detector)")
         else:
-            regions = cache.get(backbone, dataset, "test", test_positions, "test", device=device,
+            regions = cache.get(backbone, dataset, split_name, test_positions, "test", device=device,
                                 batch_size=settings.images_per_batch)
         with eval_watch.measure():
             adapter.eval()
@@ -140,13 +156,13 @@ class Detect:
             metrics = coco_metrics(test, dataset, coco_results(test, dets, dataset.category_ids),
                                    [test.image_id(p) for p in test_positions])
         pictures = {}
-        if settings.pictures:
+        if settings.pictures and split_name == "test":
             shown = picture_positions(test, test_positions, settings.pictures, dataset.novel_labels)
             pictures["predictions"] = draw_predictions(
                 [test.load(p) for p in shown], [dets[p] for p in shown], dataset.classnames, dataset.novel,
                 min_score=settings.picture_min_score)
         metrics.update(
-            test_images=len(test_positions),
+            **{f"{split_name}_images": len(test_positions)},
             train_images=len(positions),
             train_objects=sum(dataset.split("train").objects_in(p) for p in positions),
             final_train_loss=None if outcome is None else round(outcome["loss"], 5),
@@ -160,6 +176,23 @@ class Detect:
             image_input="pixels" if live else "cached-regions",
             pictures=pictures,
         )
+
+
+def _check_validation_split(dataset: DetectionDataset) -> None:
+    """A selection trial needs held-out images, enough of them, and every class in them
+    (a class without a ground-truth object has no AP)."""
+    if "validation" not in dataset.splits:
+        raise ConfigError(f"{dataset.name} has no validation split for selection: add "
+                          f"{dataset.root}/annotations/validation.json (images in neither train nor test)")
+    validation = dataset.split("validation")
+    if len(validation) < MIN_VALIDATION_IMAGES:
+        raise ConfigError(f"{dataset.name} has {len(validation)} validation images; selection needs "
+                          f">= {MIN_VALIDATION_IMAGES}: annotate more")
+    held = set().union(*(validation.labels_in(p) for p in range(len(validation))))
+    absent = [dataset.classnames[i] for i in range(dataset.num_classes) if i not in held]
+    if absent:
+        raise ConfigError(f"{dataset.name}: no validation image holds {', '.join(map(repr, absent))}; "
+                          f"selection needs every class there: annotate some")
 
 
 @torch.no_grad()

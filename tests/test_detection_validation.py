@@ -1,0 +1,103 @@
+"""detect's validation split: held-out canvases that selection trials score on."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import numpy as np
+import pytest
+
+from tests.test_detection import _config, _square_sprites, assert_ap_values
+from tunebench.bench.runner import Runner, validate_cells
+from tunebench.datasets import load_dataset
+from tunebench.datasets.canvas import CanvasRecipe, SpritePool, compose
+from tunebench.datasets.detection import load_coco_folder, write_split
+from tunebench.errors import ConfigError
+from tunebench.registry import TASKS
+from tunebench.report.sections import detect as detect_report
+from tunebench.tasks import detection
+
+
+def canvas_hashes(split) -> set[str]:
+    return {hashlib.sha256(split.load(p).tobytes()).hexdigest() for p in range(len(split))}
+
+
+def test_tiny_det_holds_out_validation_canvases():
+    data = load_dataset("tiny-det")
+    validation = data.split("validation")
+    assert len(validation) == 12
+    assert len(canvas_hashes(validation)) == 12
+    for other in ("train", "test", "base"):
+        assert not canvas_hashes(validation) & canvas_hashes(data.split(other)), other
+    held = set().union(*(validation.labels_in(p) for p in range(len(validation))))
+    assert held == set(range(data.num_classes))
+
+
+def test_a_pool_records_its_draws_and_leaves_them_out_on_request():
+    rng = np.random.default_rng(0)
+    sprites = np.zeros((40, 10, 10), dtype=np.uint8)
+    labels = np.repeat([0, 1], 20)
+    pool = SpritePool(sprites, labels, ids=np.arange(100, 140))
+    twin = SpritePool(sprites, labels)
+    for _ in range(15):
+        pool.draw(rng)
+    assert 0 < len(pool.drawn) <= 15 and pool.drawn <= set(range(100, 140))
+    rest = pool.excluding(pool.drawn)
+    assert not set(rest.ids.tolist()) & pool.drawn and len(rest.ids) == 40 - len(pool.drawn)
+    assert rest.categories == [0, 1]
+    with pytest.raises(ValueError, match="categories \\[0\\]"):
+        pool.excluding(set(range(100, 120)))
+    # Recording changes no draw: the same seed composes the same canvas with or without it.
+    recipe = CanvasRecipe(size=40, objects=(2, 2), sprite_size=(10, 12))
+    sprites_pool = _square_sprites()
+    a, _ = compose(np.random.default_rng(3), sprites_pool, recipe)
+    b, _ = compose(np.random.default_rng(3), SpritePool(sprites_pool.sprites, np.array([0, 1])), recipe)
+    assert np.array_equal(a, b) and twin.drawn == set()
+
+
+def test_the_selection_metric_is_the_reports_headline():
+    assert TASKS.get("detect").selection_metric == detect_report.METRIC == "novel_bbox_ap"
+
+
+@pytest.mark.parametrize("method", ["cones", "lit:heads"])  # cached regions, and a tuned detector on pixels
+def test_a_selection_trial_scores_the_validation_canvases(method, tmp_path):
+    data = load_dataset("tiny-det")
+    config = dataclasses.replace(_config(method), eval_split="validation")
+    validate_cells([config])
+    record = Runner(tmp_path).run(config)
+    assert record["status"] == "ok", record.get("traceback")
+    metrics = record["metrics"]
+    assert metrics["validation_images"] == 12 and "test_images" not in metrics
+    validation = data.split("validation")
+    assert_ap_values(metrics, data, set().union(*(validation.labels_in(p) for p in range(12))))
+    assert not record.get("pictures")  # pictures show test images: none in a trial
+    final = Runner(tmp_path).run(_config(method))["metrics"]
+    assert final["novel_bbox_ap"] != metrics["novel_bbox_ap"] or final["base_bbox_ap"] != metrics["base_bbox_ap"]
+
+
+def _folder(tmp_path, splits: dict[str, int]):
+    recipe = CanvasRecipe(size=48, objects=(1, 1), sprite_size=(12, 18))
+    rng = np.random.default_rng(1)
+    categories = [{"id": 7, "name": "square", "split": "base"}, {"id": 9, "name": "bar"}]
+    for split, count in splits.items():
+        canvases = [compose(rng, _square_sprites(), recipe) for _ in range(count)]
+        write_split(tmp_path, split, canvases, categories)
+    return load_coco_folder(tmp_path, "mine")
+
+
+def test_a_missing_small_or_partial_validation_split_is_one_line(tmp_path, monkeypatch):
+    def refused(dataset, match):
+        with pytest.raises(ConfigError, match=match) as error:
+            detection._check_validation_split(dataset)
+        assert "\n" not in str(error.value)
+
+    refused(_folder(tmp_path / "none", {"train": 4, "test": 4}), "no validation split for selection: add")
+    refused(_folder(tmp_path / "small", {"train": 4, "test": 4, "validation": 3}), "3 validation images")
+    monkeypatch.setattr(detection, "MIN_VALIDATION_IMAGES", 1)
+    one_class = _folder(tmp_path / "one", {"train": 4, "test": 4, "validation": 1})
+    refused(one_class, "no validation image holds")
+    monkeypatch.setattr(detection, "MIN_VALIDATION_IMAGES", 13)
+    with pytest.raises(ConfigError, match="tiny-det has 12 validation images"):
+        validate_cells([dataclasses.replace(_config("cones"), eval_split="validation")])
+    validate_cells([_config("cones")])  # a final run does not need it
