@@ -43,7 +43,8 @@ def test_trainable_set_and_true_count(tiny_backbone, tiny_classes):
     assert names == {"context"} | meta
     dim, width = tiny_backbone.embed_dim, tiny_backbone.text_width
     hidden = max(1, dim // 16)
-    n_ctx = adapter.config.n_ctx
+    n_ctx = adapter.n_ctx  # null in the config: one per start word
+    assert n_ctx == 4  # 'a photo of a'
     expected = n_ctx * width + (dim * hidden + hidden) + (hidden * width + width)
     assert adapter.trainable_count() == expected
     coop = make("coop", tiny_backbone, tiny_classes)
