@@ -80,10 +80,10 @@ def test_prompts_are_conditioned_on_each_image(tiny_backbone, tiny_classes):
     coop = make("coop", tiny_backbone, tiny_classes).eval()
     images = torch.nn.functional.normalize(torch.randn(3, tiny_backbone.embed_dim), dim=-1)
     with torch.no_grad():
+        unconditioned = adapter.scorer()(images)  # at build the last layer is zero
+        torch.nn.init.normal_(adapter.meta_net.linear2.weight, std=0.5)
+        torch.nn.init.normal_(adapter.meta_net.linear2.bias, std=0.5)
         conditioned = adapter.scorer()(images)
-        torch.nn.init.zeros_(adapter.meta_net.linear2.weight)
-        torch.nn.init.zeros_(adapter.meta_net.linear2.bias)
-        unconditioned = adapter.scorer()(images)
         plain = coop.scorer()(images)
     assert conditioned.shape == (3, len(tiny_classes.classnames))
     # A zero meta-network token leaves CoOp's prompts; a non-zero one changes them.
