@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -107,10 +107,6 @@ class ClassPrompts:
     def start_texts(self) -> list[list[str]]:
         """Each class's start prompts: one per start template, the class name in its slot."""
         return [[t.format(c) for t in self.start_templates] for c in self.classnames]
-
-    def renamed(self, classnames) -> ClassPrompts:
-        """Other classes with the same templates and the same start."""
-        return replace(self, classnames=tuple(classnames))
 
 
 class TrainableParts:
