@@ -24,8 +24,6 @@ from tunebench.datasets.base import ArrayImages, ClassificationDataset
 from tunebench.datasets.class_split import split_base_new
 from tunebench.errors import DataError
 from tunebench.methods.base import ClassPrompts
-from tunebench.methods.prompts import single_prompt_embeddings
-from tunebench.methods.zero_shot import prompt_ensemble_embeddings
 from tunebench.registry import DATASETS, METHODS, load_all
 from tunebench.scores import harmonic_mean
 
@@ -88,13 +86,18 @@ def _perturb(tensors) -> None:
             t.add_(0.5 * torch.randn_like(t))
 
 
+def first_template_embeddings(backbone, classes: ClassPrompts) -> torch.Tensor:
+    """The shared start with init: single (NEW's default), written out: each name in the
+    first template through the frozen text encoder, normalised."""
+    texts = [classes.templates[0].format(name) for name in classes.classnames]
+    return F.normalize(backbone.encode_text(backbone.tokenize(texts)), dim=-1)
+
+
 def expected_new_class_behaviour(name, adapter, backbone):
     """(embeddings the new classes must be scored against, or None; what, when perturbed,
     must change the new-class logits, or None). Written out apart from the methods."""
-    if name in ("zero-shot", "cones"):
-        return prompt_ensemble_embeddings(backbone, NEW), None
-    if name == "textual-inversion":
-        return single_prompt_embeddings(backbone, NEW), None
+    if name in ("zero-shot", "cones", "textual-inversion"):
+        return first_template_embeddings(backbone, NEW), None
     if name in ("coop", "cocoop"):
         return None, [adapter.context]
     if name == "lit":

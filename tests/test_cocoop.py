@@ -43,7 +43,8 @@ def test_trainable_set_and_true_count(tiny_backbone, tiny_classes):
     assert names == {"context"} | meta
     dim, width = tiny_backbone.embed_dim, tiny_backbone.text_width
     hidden = max(1, dim // 16)
-    n_ctx = adapter.config.n_ctx
+    n_ctx = adapter.n_ctx  # null in the config: one per start word
+    assert n_ctx == 4  # 'a photo of a'
     expected = n_ctx * width + (dim * hidden + hidden) + (hidden * width + width)
     assert adapter.trainable_count() == expected
     coop = make("coop", tiny_backbone, tiny_classes)
@@ -79,10 +80,10 @@ def test_prompts_are_conditioned_on_each_image(tiny_backbone, tiny_classes):
     coop = make("coop", tiny_backbone, tiny_classes).eval()
     images = torch.nn.functional.normalize(torch.randn(3, tiny_backbone.embed_dim), dim=-1)
     with torch.no_grad():
+        unconditioned = adapter.scorer()(images)  # at build the last layer is zero
+        torch.nn.init.normal_(adapter.meta_net.linear2.weight, std=0.5)
+        torch.nn.init.normal_(adapter.meta_net.linear2.bias, std=0.5)
         conditioned = adapter.scorer()(images)
-        torch.nn.init.zeros_(adapter.meta_net.linear2.weight)
-        torch.nn.init.zeros_(adapter.meta_net.linear2.bias)
-        unconditioned = adapter.scorer()(images)
         plain = coop.scorer()(images)
     assert conditioned.shape == (3, len(tiny_classes.classnames))
     # A zero meta-network token leaves CoOp's prompts; a non-zero one changes them.

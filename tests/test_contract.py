@@ -36,7 +36,7 @@ from tunebench.methods.base import (
     learning_rate,
     resolve_method,
 )
-from tunebench.methods.zero_shot import prompt_ensemble_embeddings
+from tunebench.methods.prompts import start_embeddings
 from tunebench.registry import METHODS, TASKS, load_all, stored_method_name
 
 load_all()
@@ -63,7 +63,7 @@ class ClipAdapter(MethodAdapter):
         super().__init__(backbone, classes, config)
         width, hidden = backbone.embed_dim, max(1, backbone.embed_dim // config.reduction)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, width))
-        self.register_buffer("text", prompt_ensemble_embeddings(backbone, classes))
+        self.register_buffer("text", start_embeddings(backbone, classes))
         ClipAdapter.initial = {n: p.detach().clone() for n, p in self.mlp.named_parameters()}
 
     def class_embeddings(self) -> torch.Tensor:
@@ -74,8 +74,8 @@ class ClipAdapter(MethodAdapter):
         return F.normalize(ratio * self.mlp(embeddings) + (1 - ratio) * embeddings, dim=-1)
 
     def new_class_scorer(self, classes):
-        """New classes: their prompt ensemble against the refined images."""
-        return self.score_with(prompt_ensemble_embeddings(self.backbone, classes))
+        """New classes: their names' start prompts against the refined images."""
+        return self.score_with(start_embeddings(self.backbone, classes))
 
 
 class WholeImageOnly(ClipAdapter):
@@ -286,7 +286,7 @@ def test_distillation_reads_the_detectors_own_region_embeddings(registered):
 
     backbone, dataset = BACKBONES.get("tiny-detector")(None), load_dataset("tiny-det")
     classes = ClassPrompts(tuple(dataset.classnames), tuple(dataset.templates))
-    text = prompt_ensemble_embeddings(backbone, classes)
+    text = start_embeddings(backbone, classes)
     split = dataset.split("train")
     images = to_image_list([backbone.pixels(split.load(p)) for p in range(2)])
     targets = []

@@ -16,12 +16,16 @@ from tunebench.builds.base import build_lock, write_build
 from tunebench.datasets import load_dataset
 from tunebench.engine.training import Optimization
 from tunebench.methods.base import ClassPrompts
-from tunebench.methods.zero_shot import prompt_ensemble_embeddings
+from tunebench.methods.prompts import start_embeddings
 from tunebench.models.detector import DetectorSpec, to_image_list
 from tunebench.models.mini_det import RECIPE, DetectionClip, attach_detector, built_dir, recipe_hash
 from tunebench.models.two_tower import TwoTowerClip
 from tunebench.registry import BACKBONES, BUILDS
 from tunebench.tasks.detection_eval import coco_metrics, coco_results, detections
+
+# The detector heads are built against every template's mean (the recipe's class side,
+# unchanged since it was first built), whatever start a later sweep's ``init`` picks.
+ENSEMBLE = "ensemble"
 
 
 def _targets(model: DetectionClip, split, positions, label_map: dict[int, int], embeddings=None):
@@ -84,8 +88,8 @@ def build_mini_det(force: bool = False) -> Path:
         base = dataset.base_labels
         label_map = {label: i for i, label in enumerate(base)}
         with torch.no_grad():
-            class_embeddings = prompt_ensemble_embeddings(
-                clip, ClassPrompts(tuple(dataset.classnames[i] for i in base), dataset.templates))
+            class_embeddings = start_embeddings(
+                clip, ClassPrompts(tuple(dataset.classnames[i] for i in base), dataset.templates, ENSEMBLE))
         embeddings = crop_embeddings(clip, split, RECIPE["distill_crop_size"])
         params = [p for p in model.detector.parameters() if p.requires_grad]
         run = Optimization(params, steps=RECIPE["steps"], warmup=RECIPE["warmup_steps"],
@@ -105,7 +109,7 @@ def build_mini_det(force: bool = False) -> Path:
         # A sanity score for the record: zero-shot AP on det-mnist's test split.
         test = dataset.split("test")
         with torch.no_grad():
-            all_classes = prompt_ensemble_embeddings(clip, ClassPrompts(dataset.classnames, dataset.templates))
+            all_classes = start_embeddings(clip, ClassPrompts(dataset.classnames, dataset.templates, ENSEMBLE))
         dets = {}
         for start in range(0, len(test), 32):
             positions = list(range(start, min(len(test), start + 32)))

@@ -57,6 +57,10 @@ class GenerationAdapter(TrainableParts, nn.Module, ABC):
     # The generation task calls one hook (see methods/base.py for the contract).
     HOOKS: ClassVar[tuple[str, ...]] = ("conditioning",)
     trains: ClassVar[bool] = True
+    # The starts (config.INITS) a generation method can express: every one starts from the
+    # concept's initializer word in the run's own prompts (one prompt per concept and
+    # template, no class-prompt ensemble), so a sweep's ``init: ensemble`` is refused.
+    inits: ClassVar[tuple[str, ...]] = ("single",)
     variant_field: ClassVar[str | None] = None
     # As on MethodAdapter; a generation method named like a classification one (cones,
     # textual-inversion, full-ft) is shown as that one, so it declares nothing here.

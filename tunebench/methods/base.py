@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunebench.config import INITS
 from tunebench.display import Display
 from tunebench.errors import ConfigError
 from tunebench.models.base import VisionLanguageBackbone, count_parameters
@@ -85,13 +86,27 @@ class MethodConfig:
 
 @dataclass(frozen=True)
 class ClassPrompts:
-    """What a classification task tells an adapter about its classes."""
+    """What a classification task tells an adapter about its classes, and the prompt
+    information every method's class representation starts from (``init``, one value
+    per sweep: ``RunConfig.init``). Methods read their start from here, so that no
+    method starts from more text than another: single is ``templates[0]``, ensemble
+    every template (``methods/prompts.py: start_embeddings`` encodes it)."""
 
     classnames: tuple[str, ...]
     templates: tuple[str, ...]  # each with one "{}"; templates[0] is the single-prompt choice
+    init: str = "single"  # one of config.INITS
 
-    def ensemble(self) -> list[list[str]]:
-        return [[t.format(c) for t in self.templates] for c in self.classnames]
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ConfigError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+
+    @property
+    def start_templates(self) -> tuple[str, ...]:
+        return self.templates if self.init == "ensemble" else self.templates[:1]
+
+    def start_texts(self) -> list[list[str]]:
+        """Each class's start prompts: one per start template, the class name in its slot."""
+        return [[t.format(c) for t in self.start_templates] for c in self.classnames]
 
 
 class TrainableParts:
@@ -127,6 +142,10 @@ class MethodAdapter(TrainableParts, nn.Module, ABC):
     # The hooks a task may call (a task's ``hooks`` names the ones it does).
     HOOKS: ClassVar[tuple[str, ...]] = ("class_embeddings", "new_class_scorer", "forward", "embed_images",
                                         "refine_image_embeddings", "scorer", "head", "logit_scale")
+    # The starts (config.INITS) the method can express. A method that cannot start from
+    # an ensemble of templates (CoOp's one shared context) lists "single" alone, and a
+    # sweep asking for another is refused before anything runs (check_init).
+    inits: ClassVar[tuple[str, ...]] = INITS
     # False for methods that use no training data (zero-shot): the sweep then runs
     # them once per dataset instead of once per shot count and seed.
     trains: ClassVar[bool] = True
@@ -144,6 +163,7 @@ class MethodAdapter(TrainableParts, nn.Module, ABC):
         self.backbone = backbone
         self.classes = classes
         self.config = config
+        check_init(type(self), classes.init, type(self).__name__)
         backbone.requires_grad_(False)
 
     # ---- forward --------------------------------------------------------------------
@@ -248,6 +268,14 @@ def check_contract(method_cls: type, task: str, name: str) -> None:
             raise ConfigError(f"method {name!r} overrides {hook}(), which the {task} task never calls "
                               f"(it calls {called}): move that behaviour into a hook {task} calls, "
                               f"or drop {task!r} from {method_cls.__name__}.tasks")
+
+
+def check_init(method_cls: type, init: str, name: str) -> None:
+    """Refuse, in one line, a start (``RunConfig.init``) the method cannot express."""
+    supported = getattr(method_cls, "inits", INITS)
+    if init not in supported:
+        raise ConfigError(f"method {name!r} can only start from init {' or '.join(supported)}, not {init!r}: "
+                          f"set `init: {supported[0]}` in the sweep, or drop {name!r} from its methods")
 
 
 def merge_variant(name: str, task: str | None, values: dict | None) -> tuple[type, dict]:

@@ -5,7 +5,11 @@ maps each image's normalised joint-space embedding to one token-width vector tha
 added to every context vector. The class prompts therefore differ per image: a step
 runs the text encoder forward and backward over classes × images prompts, where CoOp
 runs it over the classes once. That cost is what this method measures next to CoOp
-and ConES. Context initialisation and ``n_ctx`` are CoOp's.
+and ConES. Context initialisation and ``n_ctx`` are CoOp's, and the meta-network's
+last layer starts at zero, so that step 0 is CoOp's start, the shared single prompt,
+for every image (CoCoOp's paper initialises it at random: each image's prompts would
+then start from a random shift, a start no other method has). The first layer still
+learns from the second step on, once the last one has moved.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ class Cocoop(Coop):
             ("relu", nn.ReLU()),
             ("linear2", nn.Linear(hidden, backbone.text_width)),
         ]))
+        nn.init.zeros_(self.meta_net.linear2.weight)  # step 0: no shift, the shared start
+        nn.init.zeros_(self.meta_net.linear2.bias)
 
     def class_embeddings(self) -> torch.Tensor:
         raise TypeError("cocoop encodes its class prompts per image: score images with scorer()")

@@ -1,7 +1,8 @@
 """cones: concept embedding search in the text encoder's *output* space.
 
 One embedding per class, initialised from a single text-encoder pass over the class
-prompts (so step 0 equals zero-shot), then tuned directly. The text encoder is
+prompts (the shared start, ``start_embeddings``, so step 0 equals zero-shot), then
+tuned directly. The text encoder is
 never run while tuning: a step costs a matrix product, and the image side comes
 from the frozen-tower feature cache.
 """
@@ -16,7 +17,7 @@ from torch import nn
 
 from tunebench.display import Display
 from tunebench.methods.base import MethodAdapter, MethodConfig, learning_rate
-from tunebench.methods.zero_shot import prompt_ensemble_embeddings
+from tunebench.methods.prompts import start_embeddings
 from tunebench.registry import METHODS
 
 
@@ -33,12 +34,12 @@ class Cones(MethodAdapter):
 
     def __init__(self, backbone, classes, config) -> None:
         super().__init__(backbone, classes, config)
-        self.concepts = nn.Parameter(prompt_ensemble_embeddings(backbone, classes).clone())
+        self.concepts = nn.Parameter(start_embeddings(backbone, classes).clone())
 
     def class_embeddings(self) -> torch.Tensor:
         return F.normalize(self.concepts, dim=-1)
 
     def new_class_scorer(self, classes):
-        """Concepts are learned per class, so new classes are scored zero-shot: the frozen
-        text encoder's prompt ensemble of their names (ConES's own starting point)."""
-        return self.score_with(prompt_ensemble_embeddings(self.backbone, classes))
+        """Concepts are learned per class, so new classes are scored zero-shot: their
+        names' start prompts through the frozen text encoder (ConES's own starting point)."""
+        return self.score_with(start_embeddings(self.backbone, classes))

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from tunebench.display import Display
 from tunebench.methods.base import MethodAdapter, MethodConfig, hyperparameter, learning_rate
-from tunebench.methods.prompts import FixedPrompts, single_prompt_embeddings
+from tunebench.methods.prompts import FixedPrompts, start_embeddings
 from tunebench.registry import METHODS
 
 
@@ -31,16 +30,14 @@ class FullFinetune(MethodAdapter):
         backbone.requires_grad_(True)
         # Tasks without classes (align) pass none: full-ft then trains both towers on
         # caption pairs, as lit:all does, and has no class prompts to encode.
-        self.prompts = (
-            FixedPrompts(backbone, [classes.templates[0].format(c) for c in classes.classnames])
-            if classes.classnames else None
-        )
+        # The shared start's prompts (init: ensemble encodes every template each step).
+        self.prompts = FixedPrompts(backbone, classes) if classes.classnames else None
 
     def class_embeddings(self) -> torch.Tensor | None:
         if self.prompts is None:
             return None
-        return F.normalize(self.prompts.encode(self.backbone), dim=-1)
+        return self.prompts.encode(self.backbone)
 
     def new_class_scorer(self, classes):
-        """The new names in the same single prompt, through the fine-tuned text tower."""
-        return self.score_with(single_prompt_embeddings(self.backbone, classes))
+        """The new names' start prompts, through the fine-tuned text tower."""
+        return self.score_with(start_embeddings(self.backbone, classes))

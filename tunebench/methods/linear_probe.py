@@ -1,4 +1,9 @@
-"""linear-probe: a linear classifier on frozen, normalised joint-space image features."""
+"""linear-probe: a linear classifier on frozen, normalised joint-space image features.
+
+It uses no text: its head starts from zero weights (uniform predictions), not from the
+shared class-prompt start (``init``) that every text-side method begins at, so the
+sweep's ``init`` changes nothing here.
+"""
 
 from __future__ import annotations
 

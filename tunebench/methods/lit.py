@@ -31,7 +31,7 @@ from tunebench.methods.base import (
     learning_rate,
     text_side_trains,
 )
-from tunebench.methods.prompts import FixedPrompts, single_prompt_embeddings
+from tunebench.methods.prompts import FixedPrompts, start_embeddings
 from tunebench.models.base import DETECTION_GROUP_NAMES, GROUP_NAMES
 from tunebench.registry import METHODS
 
@@ -158,10 +158,8 @@ class Lit(MethodAdapter):
                 block.register_forward_hook(_through(bottleneck))
                 self.bottlenecks.append(bottleneck)
         # Tasks without classes (align) pass none: the method then only tunes the towers.
-        self.prompts = (
-            FixedPrompts(backbone, [classes.templates[0].format(c) for c in classes.classnames])
-            if classes.classnames else None
-        )
+        # The shared start's prompts (init: ensemble encodes every template each step).
+        self.prompts = FixedPrompts(backbone, classes) if classes.classnames else None
         # A frozen text tower (lit:projection) gives the same pooled prompt features every
         # step: encode them once here, which tasks time as training (like ConES's init
         # pass), and only the projection runs per step. On CPU (fp32) the numbers are those
@@ -174,13 +172,11 @@ class Lit(MethodAdapter):
     def class_embeddings(self) -> torch.Tensor | None:
         if self.prompts is None:
             return None
-        if self.pooled is not None:
-            return F.normalize(self.backbone.text_projection(self.pooled), dim=-1)
-        return F.normalize(self.prompts.encode(self.backbone), dim=-1)
+        return self.prompts.encode(self.backbone, self.pooled)
 
     def new_class_scorer(self, classes):
-        """The new names in the same single prompt, through the tuned towers (bottlenecks included)."""
-        return self.score_with(single_prompt_embeddings(self.backbone, classes))
+        """The new names' start prompts, through the tuned towers (bottlenecks included)."""
+        return self.score_with(start_embeddings(self.backbone, classes))
 
     def optimizer_groups(self) -> list[dict]:
         if self.config.pretrained_lr is None:

@@ -1,4 +1,11 @@
-"""Prompts with learnable slots at the text encoder's input (CoOp, textual inversion).
+"""Class prompts: the shared start, fixed prompts, and prompts with learnable slots.
+
+Every method that learns class representations starts from the same prompt
+information, ``ClassPrompts.start_texts`` (``init`` single or ensemble, one value per
+sweep): ``start_embeddings`` is that start in the joint space (zero-shot, ConES and
+every new-class fallback), ``FixedPrompts`` encodes it through a tower that trains
+(full-ft, lit). Textual inversion and CoOp put their learned vectors into the same
+start template(s) at the text encoder's input (``SlotPrompts``):
 
 A prompt is written with a placeholder word (``X``) wherever a learned vector goes.
 It is tokenised once; at each forward the placeholder positions of the frozen token
@@ -12,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunebench.methods.base import ClassPrompts
 from tunebench.models.base import TokenBatch, VisionLanguageBackbone
 
 PLACEHOLDER = "X"
@@ -63,19 +71,38 @@ def word_embedding(backbone: VisionLanguageBackbone, words: str) -> torch.Tensor
     return table(ids.to(table.weight.device)).detach()
 
 
+def class_means(text: torch.Tensor, per_class: int) -> torch.Tensor:
+    """(C·T, D) text features, T prompts per class in class order -> (C, D): each class's
+    normalised embeddings averaged and renormalised (T = 1: the normalised embedding)."""
+    text = F.normalize(text, dim=-1)
+    return F.normalize(text.view(-1, per_class, text.shape[-1]).mean(1), dim=-1)
+
+
 class FixedPrompts(nn.Module):
-    """One fixed prompt per class, tokenised once, for methods that tune the encoder itself."""
+    """Each class's start prompts (``ClassPrompts.start_texts``), tokenised once, for
+    methods that tune the encoder itself.
 
-    def __init__(self, backbone: VisionLanguageBackbone, texts: list[str]):
+    With ``init: ensemble`` a class has T prompts, and all C×T go through the text tower
+    at every step (T times the text cost of single) before they are averaged per class:
+    a tuned tower cannot reuse embeddings computed before it changed.
+    """
+
+    def __init__(self, backbone: VisionLanguageBackbone, classes: ClassPrompts):
         super().__init__()
-        self.tokens = backbone.tokenize(texts)
+        self.per_class = len(classes.start_templates)
+        self.tokens = backbone.tokenize([text for texts in classes.start_texts() for text in texts])
 
-    def encode(self, backbone: VisionLanguageBackbone) -> torch.Tensor:
-        return backbone.encode_text(self.tokens)
+    def encode(self, backbone: VisionLanguageBackbone, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """(C, D) normalised class embeddings through the encoder as it is now; from
+        ``pooled`` features (``encode_text_pooled`` of ``tokens``) when given, so a
+        frozen tower's output computed once is only projected."""
+        text = backbone.encode_text(self.tokens) if pooled is None else backbone.text_projection(pooled)
+        return class_means(text, self.per_class)
 
 
-def single_prompt_embeddings(backbone: VisionLanguageBackbone, classes) -> torch.Tensor:
-    """(C, D) normalised embeddings of each class's first template, through the text
-    encoder as it is now (frozen, or as a method has tuned it)."""
-    texts = [classes.templates[0].format(name) for name in classes.classnames]
-    return F.normalize(FixedPrompts(backbone, texts).encode(backbone), dim=-1)
+@torch.no_grad()
+def start_embeddings(backbone: VisionLanguageBackbone, classes: ClassPrompts) -> torch.Tensor:
+    """(C, D) the shared start every method's class side begins at: each class's start
+    prompts through the text encoder as it is now (frozen, or as a method has tuned it),
+    normalised, averaged per class and renormalised. One text-encoder pass."""
+    return FixedPrompts(backbone, classes).encode(backbone)

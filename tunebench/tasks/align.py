@@ -36,7 +36,7 @@ from tunebench.engine.measure import Stopwatch
 from tunebench.engine.training import Optimization, ShuffledBatches, autocast_for
 from tunebench.errors import ConfigError
 from tunebench.methods.base import ClassPrompts, text_side_trains
-from tunebench.methods.zero_shot import prompt_ensemble_embeddings
+from tunebench.methods.prompts import start_embeddings
 from tunebench.registry import TASKS
 from tunebench.tasks.base import TaskContext, TaskResult, method_and_settings, refuse_detectors
 from tunebench.tasks.contrastive import contrastive_loss, recall_at_k
@@ -104,7 +104,7 @@ class Align:
         final = config.eval_split == "test"  # a selection trial reads held-out retrieval only
         probe = KnowledgeProbe(backbone, device) if settings.knowledge_probe and final else None
         with train_watch.measure():
-            adapter = method_cls(backbone, ClassPrompts((), ("{}",)), method_settings).to(device)
+            adapter = method_cls(backbone, ClassPrompts((), ("{}",), config.init), method_settings).to(device)
             if method_cls.trains:
                 backbone.logit_scale.requires_grad_(True)  # the loss's temperature learns in every preset
         pixels = backbone.image_tower_trains()
@@ -238,7 +238,8 @@ def _zero_shot(adapter, dataset: ClassificationDataset, per_class, *, pixels, co
     with autocast_for(context.device, config.train.precision):
         images = _image_embeddings(adapter, dataset.test, indices, name=dataset.name, split="test",
                                    pixels=pixels, config=config, context=context)
-        classes = prompt_ensemble_embeddings(backbone, ClassPrompts(tuple(dataset.classnames),
-                                                                    tuple(dataset.templates)))
+        # The sweep's start (init), as the classification tasks' zero-shot scores with.
+        classes = start_embeddings(backbone, ClassPrompts(tuple(dataset.classnames), tuple(dataset.templates),
+                                                          config.init))
     predicted = (images @ classes.float().cpu().T).argmax(-1).numpy()
     return round(float((predicted == dataset.test.labels[indices]).mean()), 5)

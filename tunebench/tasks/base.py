@@ -8,7 +8,7 @@ import torch
 
 from tunebench.config import method_config
 from tunebench.engine.features import FeatureCache
-from tunebench.methods.base import merge_variant
+from tunebench.methods.base import check_init, merge_variant
 from tunebench.models.base import VisionLanguageBackbone
 
 
@@ -49,6 +49,9 @@ def refuse_detectors(config) -> None:
 def method_and_settings(config) -> tuple[type, object]:
     """The cell's method class and its typed settings, the variant after the colon
     included (``lit:bitfit`` trains bitfit's set even when method_config omits the
-    preset). Every task reads its method through here, never ``config.method_config`` alone."""
+    preset). Every task reads its method through here, never ``config.method_config`` alone,
+    so a start the method cannot express (``init``, e.g. coop with ensemble) is refused
+    here, by the task's validate, before anything runs."""
     method_cls, values = merge_variant(config.method, config.task, config.method_config)
+    check_init(method_cls, config.init, config.method)
     return method_cls, method_config(method_cls, values, f"method_config.{config.method}")

@@ -50,7 +50,7 @@ class BaseToNew(FewShotClassification):
         split = split_base_new(dataset)
         is_base = labels < split.num_base
         base_hits = count_correct(adapter, adapter.scorer, features[is_base], labels[is_base], config, device)
-        new_classes = ClassPrompts(split.new.classnames, split.new.templates)
+        new_classes = ClassPrompts(split.new.classnames, split.new.templates, config.init)
         new_hits = count_correct(adapter, lambda: adapter.new_class_scorer(new_classes), features[~is_base],
                                  labels[~is_base] - split.num_base, config, device)
         base = base_hits / int(is_base.sum())

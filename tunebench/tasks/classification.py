@@ -45,9 +45,9 @@ class TrainingClasses:
     pool: ClassificationDataset  # its K shots per class are drawn from pool.train
     positions: np.ndarray | None = None  # pool.train index -> dataset.train index (None: the same)
 
-    @property
-    def prompts(self) -> ClassPrompts:
-        return ClassPrompts(tuple(self.pool.classnames), tuple(self.pool.templates))
+    def prompts(self, init: str) -> ClassPrompts:
+        """The classes' prompts, with the sweep's start (``RunConfig.init``)."""
+        return ClassPrompts(tuple(self.pool.classnames), tuple(self.pool.templates), init)
 
 
 @TASKS.register("fewshot-cls")
@@ -87,7 +87,7 @@ class FewShotClassification:
         classes = self.training_classes(dataset)
 
         with train_watch.measure():  # building the adapter (e.g. ConES's text pass) is tuning cost
-            adapter = method_cls(backbone, classes.prompts, settings).to(device)
+            adapter = method_cls(backbone, classes.prompts(config.init), settings).to(device)
         pixels = backbone.image_tower_trains()
         cache_seconds_before = context.features.seconds_computing
 

@@ -115,7 +115,7 @@ class Detect:
         train_watch, eval_watch = Stopwatch(device), Stopwatch(device)
 
         with train_watch.measure():  # building the adapter (e.g. ConES's text pass) is tuning cost
-            adapter = method_cls(backbone, ClassPrompts(dataset.classnames, dataset.templates),
+            adapter = method_cls(backbone, ClassPrompts(dataset.classnames, dataset.templates, config.init),
                                  method_settings).to(device)
         live = backbone.image_tower_trains() or any(p.requires_grad for p in backbone.detector.parameters())
 
