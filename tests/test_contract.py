@@ -27,7 +27,6 @@ from tunebench.config import (
     TrainConfig,
     build_dataclass,
     method_config,
-    task_config,
 )
 from tunebench.errors import ConfigError
 from tunebench.methods.base import (
