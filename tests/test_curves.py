@@ -127,3 +127,102 @@ def test_base_to_new_curve_keeps_base_new_and_h(tmp_path):
     assert record["status"] == "ok", record.get("traceback")
     last = record["metrics"]["curve"][-1]
     assert {k: last[k] for k in ("base", "new", "h")} == {k: record["metrics"][k] for k in ("base", "new", "h")}
+
+
+# ---- score helpers -------------------------------------------------------------------------
+def test_score_at_seconds_interpolates_and_never_extrapolates():
+    from tunebench.scores import score_at_seconds
+
+    curve = [{"step": 0, "train_seconds": 1.0, "top1": 0.2}, {"step": 4, "train_seconds": 3.0, "top1": 0.6},
+             {"step": 8, "train_seconds": 5.0, "top1": 0.7}]
+    assert score_at_seconds(curve, 2.0, "top1") == pytest.approx(0.4)
+    assert score_at_seconds(curve, 5.0, "top1") == pytest.approx(0.7)
+    assert score_at_seconds(list(reversed(curve)), 4.0, "top1") == pytest.approx(0.65)
+    assert score_at_seconds(curve, 5.5, "top1") is None and score_at_seconds(curve, 0.5, "top1") is None
+
+
+def test_mean_curve_averages_seeds_per_checkpoint_and_skips_missing_scores():
+    from tunebench.scores import mean_curve, seconds_to_threshold
+
+    a = [{"step": 0, "train_seconds": 0.0, "ap": 0.1}, {"step": 2, "train_seconds": 2.0, "ap": 0.3}]
+    b = [{"step": 0, "train_seconds": 0.0, "ap": 0.3}, {"step": 2, "train_seconds": 4.0, "ap": 0.5},
+         {"step": 3, "train_seconds": 5.0, "ap": None}]
+    assert mean_curve([a, b], "ap") == [{"step": 0, "train_seconds": 0.0, "ap": pytest.approx(0.2)},
+                                        {"step": 2, "train_seconds": 3.0, "ap": pytest.approx(0.4)}]
+    assert mean_curve([a, []], "ap") == []
+    assert seconds_to_threshold(b, 0.4, "ap") == pytest.approx(2.0)  # the generalised key
+
+
+# ---- the report's curve part ---------------------------------------------------------------
+# (step, train s, top1): cones fast and lower, coop slow and higher; seed 2 adds 0.01.
+CURVES = {"cones": [(0, 0.01, 0.50), (1, 0.25, 0.60), (2, 0.5, 0.65), (5, 1.0, 0.68), (10, 2.0, 0.70)],
+          "coop": [(0, 0.01, 0.30), (1, 3.5, 0.40), (2, 7.0, 0.50), (5, 14.0, 0.70), (10, 28.4, 0.80)]}
+
+
+def curve_runs() -> list[dict]:
+    from tests.test_report import run_record
+
+    runs = []
+    for method, points in CURVES.items():
+        for seed in (1, 2):
+            curve = [{"step": s, "train_seconds": sec, "top1": round(v + 0.01 * (seed - 1), 4)}
+                     for s, sec, v in points]
+            runs.append(run_record("curve-data", method, 16, seed, curve[-1]["top1"],
+                                   config_hash=f"curve-{method}-{seed}",
+                                   metrics={"top1": curve[-1]["top1"], "num_classes": 10, "curve": curve}))
+    # An older record of the same cell, without a curve: in the tables, not in the curves.
+    runs.append(run_record("curve-data", "cones", 16, 3, 0.71, config_hash="curve-cones-3"))
+    return runs
+
+
+def test_verdicts_at_equal_steps_and_equal_time():
+    from tunebench.report.curves import method_curves, verdict
+
+    (group, methods), = method_curves(curve_runs(), "top1").items()
+    assert group == ("fewshot-cls", "curve-data", "mini-clip", 16, 10)
+    assert {m: v["seeds"] for m, v in methods.items()} == {"cones": 2, "coop": 2}  # seed 3 has no curve
+    found = verdict(methods, "top1")
+    assert found["steps_leader"] == "coop" and found["final"]["coop"] == pytest.approx(0.805)
+    assert found["equal_time"] == pytest.approx(2.0)  # cones' whole run: the most both reached
+    assert found["time_leader"] == "cones" and found["at_time"]["cones"] == pytest.approx(0.705)
+    assert found["at_time"]["coop"] == pytest.approx(0.305 + 0.1 * 1.99 / 3.49)
+    assert found["threshold"] == pytest.approx(0.9 * 0.805)
+    assert found["to_threshold"]["cones"] is None  # never reaches 72.45%
+    assert found["to_threshold"]["coop"] == pytest.approx(14.0 + 14.4 * (0.7245 - 0.705) / 0.1)
+
+
+def test_report_renders_curves_and_skips_records_without(tmp_path):
+    import hashlib
+
+    from tests.test_report import make_results
+    from tunebench.report.build import build_report
+
+    results = make_results(tmp_path)  # the classification fixtures: no curve anywhere
+    for run in curve_runs():
+        (results / "runs" / f"{run['config_hash']}.json").write_text(__import__("json").dumps(run))
+    files = build_report(results)
+    report = files.report_md.read_text()
+    assert "## Classification: verdicts at equal steps and at equal time" in report
+    assert report.count("verdicts at equal steps") == 1  # fashion/animal-mnist records have no curve
+    assert ("At equal steps (10), `coop` leads with 80.5% top1 (next `cones` 70.5%). At equal time (2.00 s "
+            "of training, the most every method reached), `cones` leads with 70.5% top1 (next `coop` 36.2%).") in report
+    assert "| `cones` | 2 | 70.5% | 70.5% | never | 2.00 |" in report
+    figure = results / "figures" / "classification_vs_train_time_curve.png"
+    assert figure in files.figures and figure.read_bytes()[:4] == b"\x89PNG"
+    assert (results / "summary_classification_curves.csv").read_text().count("\n") == 3  # header + 2 methods
+
+    def digest() -> dict:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files.paths}
+
+    before = digest()
+    build_report(results)
+    assert digest() == before
+
+
+def test_report_without_any_curve_has_no_curve_part(tmp_path):
+    from tests.test_report import make_results
+    from tunebench.report.build import build_report
+
+    files = build_report(make_results(tmp_path))
+    assert "verdicts at equal steps" not in files.report_md.read_text()
+    assert not (tmp_path / "results" / "summary_classification_curves.csv").exists()
