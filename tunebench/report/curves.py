@@ -141,7 +141,8 @@ def _figure(curves: dict[tuple, dict], verdicts: dict[tuple, dict], titles: dict
         ax.set_xlabel("Training time (s, log scale; scoring not counted)")
         ax.set_ylabel(ylabel)
     return figures.finish(fig, handles, path, title, last=("equal time",),
-                          subtitle="mean over seeds at 0, 1/8, 1/4, 1/2 and all steps")
+                          subtitle="mean over seeds at 0, 1/8, 1/4, 1/2 and all steps\n"
+                                   "(a start left of the axis is drawn on its edge)")
 
 
 def curve_part(runs: list[dict], results: Path, *, track: str, key: str, metric_name: str, ylabel: str,
