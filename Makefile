@@ -13,6 +13,10 @@ B2N_SWEEPS ?= bench-b2n.yaml
 COST_SWEEPS ?= bench-cost.yaml bench-cost-towers.yaml bench-cost-prompt.yaml bench-cost-cocoop.yaml bench-cost-cocoop-towers.yaml
 # The GPU recipe on a real CLIP (CLIP=folder DATA=CoOp's DATA root): results of their own.
 VITB16_RESULTS ?= results-vitb16
+# `make bench-long` (4x the steps): a folder of its own, so that its 400-step runs are
+# never averaged with the 100-step runs of the same cells in $(RESULTS).
+LONG_SWEEPS ?= bench-long.yaml bench-align-long.yaml
+LONG_RESULTS ?= results-long
 # `make gpu-check` (one GPU): its numbers and the task cells' records go here.
 GPU_RESULTS ?= results-gpu
 RESULTS ?= results
@@ -29,11 +33,12 @@ run_sweeps = $(call run_sweeps_into,$(1),$(RESULTS))
 run_sweeps_into = for sweep in $(1); do $(PY) -m tunebench bench $$sweep --results $(2) --no-report || exit 1; done; \
 	$(PY) -m tunebench report --results $(2)
 
-.PHONY: setup bench bench-memory bench-b2n bench-cost bench-coop-vitb16 bench-coop-vitb16-b2n bench-align bench-align-scaling bench-detect bench-gen gpu-check test report lint build clean-cache help
+.PHONY: setup bench bench-long bench-memory bench-b2n bench-cost bench-coop-vitb16 bench-coop-vitb16-b2n bench-align bench-align-scaling bench-detect bench-gen gpu-check test report lint build clean-cache help
 
 help:
 	@echo "make setup   create $(VENV) and install tunebench, its data and model packages"
 	@echo "make bench   setup + build mini-clip if needed + run $(SWEEP), $(JOBS) cells at once (JOBS=1: one at a time) + write the report"
+	@echo "make bench-long   setup + build mini-clip if needed + 4x the steps, classification and align ($(LONG_SWEEPS)) into $(LONG_RESULTS) + write its report"
 	@echo "make bench-b2n    setup + build mini-clip if needed + run base-to-new generalisation ($(B2N_SWEEPS)) + write the report"
 	@echo "make bench-cost   setup + run the cost-scaling sweeps, timing only ($(COST_SWEEPS)) + write the report"
 	@echo "make bench-coop-vitb16 CLIP=DIR DATA=DIR  few-shot on CoOp's 11 datasets with a Hugging Face CLIP (GPU) into $(VITB16_RESULTS)"
@@ -70,6 +75,13 @@ build: setup
 
 bench: build
 	$(PY) -m tunebench bench $(SWEEP) --results $(RESULTS) --jobs $(JOBS) $(if $(THREADS),--threads $(THREADS))
+
+# Verdicts at a longer budget: every trained method at 400 steps (bench.yaml's largest
+# shot count) and the align presets plus full-ft at 400 steps, each run with its quality
+# curve; the report compares them at equal steps and at equal time. `make bench` is
+# unchanged (100 steps).
+bench-long: build
+	$(call run_sweeps_into,$(LONG_SWEEPS),$(LONG_RESULTS))
 
 # Peak memory and feature-pass time of an imagefolder at 2,000 / 10,000 / 50,000 synthetic
 # images (generated in a temp dir, deleted after) into $(RESULTS)/memory/memory.json; the

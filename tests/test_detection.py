@@ -420,3 +420,19 @@ def test_pictures_show_novel_objects_first():
     assert picture_positions(FakeSplit(), [0, 1, 2, 3, 4], 3, novel) == [1, 3, 0]
     assert picture_positions(FakeSplit(), [0, 2, 4], 2, novel) == [0, 2]  # none novel: in order
     assert picture_positions(FakeSplit(), [0, 1, 2, 3, 4], 0, novel) == []
+
+
+@pytest.mark.parametrize("method", ["cones", "lit:heads"])
+def test_detect_run_records_a_box_ap_curve_ending_at_the_final_score(method, tmp_path):
+    from tunebench.bench.runner import Runner
+
+    record = Runner(tmp_path).run(_config(method, steps=4))
+    assert record["status"] == "ok", record.get("traceback")
+    metrics = record["metrics"]
+    curve = metrics["curve"]
+    assert [p["step"] for p in curve] == [0, 1, 2, 4]
+    keys = ("novel_bbox_ap", "base_bbox_ap", "all_bbox_ap")
+    assert set(curve[0]) == {"step", "train_seconds", *keys}
+    assert {k: curve[-1][k] for k in keys} == {k: metrics[k] for k in keys}
+    assert curve[-1]["train_seconds"] <= record["train_seconds"] + 1e-4
+    assert "curve" not in Runner(tmp_path).run(_config("zero-shot"))["metrics"]

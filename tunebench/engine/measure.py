@@ -21,21 +21,46 @@ def synchronize(device: torch.device) -> None:
 
 
 class Stopwatch:
-    """Accumulates seconds over ``with watch.measure():`` blocks."""
+    """Accumulates seconds over ``with watch.measure():`` blocks; ``paused()`` inside one
+    leaves its own time out (quality checkpoints scored in the middle of training)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.seconds = 0.0
+        self._since: float | None = None  # start of the running stretch; None: not running
 
     @contextmanager
     def measure(self):
         synchronize(self.device)
-        start = time.perf_counter()
+        self._since = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._stop()
+
+    @contextmanager
+    def paused(self):
+        """The block's time is not counted; outside ``measure`` there is nothing to pause."""
+        if self._since is None:
+            yield
+            return
+        self._stop()
         try:
             yield
         finally:
             synchronize(self.device)
-            self.seconds += time.perf_counter() - start
+            self._since = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds counted so far, the running stretch included."""
+        running = 0.0 if self._since is None else time.perf_counter() - self._since
+        return self.seconds + running
+
+    def _stop(self) -> None:
+        synchronize(self.device)
+        self.seconds += time.perf_counter() - self._since
+        self._since = None
 
 
 def release_free_memory() -> None:

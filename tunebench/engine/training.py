@@ -11,6 +11,10 @@ what differs between loops — what a batch is and what the loss is::
     for step in run.steps(desc=label, model=adapter):
         index = batches.next()
         run.update(loss_of(index), step)
+
+Quality checkpoints (``engine/checkpoints.py``) are a feature of the same loop: pass
+``checkpoints=`` to ``steps`` and the loop scores the model at 0, 1/8, 1/4, 1/2 and all
+of the steps with the train clock paused.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 import torch
 
 from tunebench.config import TrainConfig
+from tunebench.engine.checkpoints import Checkpoints
 from tunebench.engine.measure import synchronize
 from tunebench.engine.progress import progress
 from tunebench.errors import ConfigError, TunebenchError
@@ -155,16 +160,23 @@ class Optimization:
                    grad_clip=config.grad_clip)
 
     def steps(self, *, desc: str, model: torch.nn.Module | None = None, inner: bool = True,
-              **bar) -> Iterator[int]:
+              checkpoints: Checkpoints | None = None, **bar) -> Iterator[int]:
         """Step numbers under a progress bar (``self.bar``); after the last one, the
         parameters are checked (``check_finite_parameters``). ``model`` is put in train
-        mode first and in eval mode at the end."""
+        mode first and in eval mode at the end. ``checkpoints``: scored before the steps
+        they name (after that many updates) and after the last, outside the step timing
+        and with the train clock paused; ``model`` goes back to train mode after each."""
         if model is not None:
             model.train()
+        at = checkpoints.steps(self.total) if checkpoints is not None else frozenset()
         self.bar = progress(range(self.total), desc=desc, unit="step", inner=inner, **bar)
         device = self.params[0].device if self.params else torch.device("cpu")
         self.step_times = []
         for step in self.bar:
+            if step in at:
+                checkpoints.run(step)
+                if model is not None:
+                    model.train()
             # Each step's body (batch, forward, backward, update) is timed from here to the
             # caller's next request, the device synchronised at both ends: per-step
             # numbers for the cost-scaling study, without changing what a step does.
@@ -174,6 +186,8 @@ class Optimization:
             synchronize(device)
             self.step_times.append(time.perf_counter() - started)
         check_finite_parameters(self.params, steps=self.total)
+        if self.total in at:  # the end: scored once the weights are known to be finite
+            checkpoints.run(self.total)
         if model is not None:
             model.eval()
 

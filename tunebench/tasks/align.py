@@ -31,6 +31,7 @@ from tunebench.config import RunConfig, build_dataclass
 from tunebench.datasets import load_dataset, test_indices
 from tunebench.datasets.base import ClassificationDataset
 from tunebench.datasets.pairs import PairDataset
+from tunebench.engine.checkpoints import Checkpoints, QualityCurve, wants_curve
 from tunebench.engine.features import encode_images
 from tunebench.engine.measure import Stopwatch
 from tunebench.engine.training import Optimization, ShuffledBatches, autocast_for
@@ -44,8 +45,15 @@ from tunebench.tasks.knowledge import KnowledgeProbe
 
 RECALL_KS = (1, 5, 10)
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on the inverse temperature
+<<<<<<< HEAD
 # Fewer validation pairs than this make R@1 too coarse to rank learning rates by.
 MIN_VALIDATION_PAIRS = 20
+=======
+# Kept at each quality checkpoint (``metrics["curve"]``), with every zero-shot score:
+# the retrieval numbers the report headlines.
+CURVE_KEYS = ("mean_r1", "i2t_r1", "t2i_r1")
+ZERO_SHOT_PREFIX = "zeroshot/"  # metrics[f"zeroshot/{dataset}"]: zero-shot top-1 there
+>>>>>>> i11-curves
 
 
 @dataclass
@@ -109,6 +117,20 @@ class Align:
                 backbone.logit_scale.requires_grad_(True)  # the loss's temperature learns in every preset
         pixels = backbone.image_tower_trains()
 
+        def score() -> dict:
+            # Pixel-path presets re-encode the test images at every scoring: evaluation cost.
+            metrics = _retrieval(adapter, dataset, pixels=pixels, config=config, context=context)
+            for name in settings.zero_shot_datasets:
+                metrics[f"{ZERO_SHOT_PREFIX}{name}"] = _zero_shot(
+                    adapter, load_dataset(name), settings.zero_shot_per_class,
+                    pixels=pixels, config=config, context=context,
+                )
+            return metrics
+
+        keys = (*CURVE_KEYS, *(f"{ZERO_SHOT_PREFIX}{name}" for name in settings.zero_shot_datasets))
+        curve = QualityCurve(score, keys, train_clock=train_watch, eval_clock=eval_watch) \
+            if wants_curve(config, trains=method_cls.trains) else None
+
         outcome = None
         if method_cls.trains:
             index = dataset.train_subset(config.shots, config.seed)
@@ -122,8 +144,10 @@ class Align:
             captions = [dataset.train.captions[i] for i in index]
             meanings = torch.from_numpy(dataset.train.meanings[index])
             with train_watch.measure():
-                outcome = _train(adapter, images, captions, meanings, pixels=pixels, config=config, device=device)
+                outcome = _train(adapter, images, captions, meanings, pixels=pixels, config=config, device=device,
+                                 checkpoints=None if curve is None else curve.checkpoints())
 
+<<<<<<< HEAD
         metrics: dict = {}
         with eval_watch.measure():
             metrics.update(_retrieval(adapter, dataset, pixels=pixels, config=config, context=context))
@@ -133,6 +157,15 @@ class Align:
                     pixels=pixels, config=config, context=context,
                 )
             if probe is not None:
+=======
+        if curve is not None:  # the end of training was scored, by the last checkpoint
+            metrics = {**curve.final, "curve": curve.points}
+        else:
+            with eval_watch.measure():
+                metrics = score()
+        if probe is not None:
+            with eval_watch.measure():
+>>>>>>> i11-curves
                 metrics.update(probe.after(backbone))
         metrics.update(
             train_pairs=0 if outcome is None else len(captions),
@@ -153,7 +186,8 @@ class Align:
         )
 
 
-def _train(adapter, images, captions, meanings, *, pixels, config: RunConfig, device) -> dict:
+def _train(adapter, images, captions, meanings, *, pixels, config: RunConfig, device,
+           checkpoints: Checkpoints | None = None) -> dict:
     backbone, train_cfg = adapter.backbone, config.train
     run = Optimization.for_run(adapter.optimizer_groups(), train_cfg)
     # A frozen text tower gives the same pooled features every step: compute them once.
@@ -162,7 +196,7 @@ def _train(adapter, images, captions, meanings, *, pixels, config: RunConfig, de
         pooled = _pooled_captions(backbone, captions, train_cfg.eval_batch_size)
 
     batches = ShuffledBatches(len(captions), train_cfg.batch_size, config.seed)
-    for step in run.steps(desc=config.label, model=adapter):
+    for step in run.steps(desc=config.label, model=adapter, checkpoints=checkpoints):
         index = batches.next()
         with autocast_for(device, train_cfg.precision):
             x = images[index].to(device, non_blocking=True)

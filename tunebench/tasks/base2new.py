@@ -32,6 +32,7 @@ class BaseToNew(FewShotClassification):
     summary = ("base-to-new generalisation (CoCoOp protocol): train K shots on the first half of the "
                "classes, score base and unseen new classes; metrics: base, new, H")
     hooks = FewShotClassification.hooks | {"new_class_scorer"}  # the new half: by name alone
+    curve_keys = ("base", "new", "h")
 
     def validate(self, config: RunConfig) -> None:
         super().validate(config)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from tunebench.config import RunConfig, TrainConfig
 from tunebench.datasets import ClassificationDataset, fewshot_indices, load_dataset, test_indices
 from tunebench.datasets.fewshot import check_shots
+from tunebench.engine.checkpoints import Checkpoints, QualityCurve, wants_curve
 from tunebench.engine.feature_file import FeatureRows
 from tunebench.engine.features import FeatureCache, encode_rows
 from tunebench.engine.measure import Stopwatch
@@ -58,6 +59,8 @@ class FewShotClassification:
     # their defaults call.
     hooks = frozenset({"class_embeddings", "forward", "embed_images", "refine_image_embeddings",
                        "scorer", "head", "logit_scale"})
+    # The metrics kept at each quality checkpoint (``metrics["curve"]``): the headline.
+    curve_keys: tuple[str, ...] = ("top1",)
 
     def training_classes(self, dataset: ClassificationDataset) -> TrainingClasses:
         return TrainingClasses(dataset)
@@ -91,6 +94,24 @@ class FewShotClassification:
         pixels = backbone.image_tower_trains()
         cache_seconds_before = context.features.seconds_computing
 
+        test_idx = test_indices(dataset, train_cfg.test_per_class)
+        test_labels = torch.from_numpy(dataset.test.labels[test_idx])
+        # Frozen towers: test features stay on disk and are scored a batch at a time (see
+        # count_correct); fetched before training, so that checkpoints can score on them.
+        test_features = None if pixels else _cached(context.features, backbone, dataset, "test", test_idx,
+                                                    config, device)
+
+        def score() -> dict:
+            # A tuned tower must encode the test split itself at every scoring: evaluation cost.
+            features = test_features if not pixels else encode_rows(
+                backbone, dataset.test, test_idx, image_size=train_cfg.image_size,
+                device=device, batch_size=train_cfg.eval_batch_size)
+            return self.score(adapter, features, test_labels, dataset, config, device)
+
+        timing_only = getattr(backbone, "timing_only", False)
+        curve = QualityCurve(score, self.curve_keys, train_clock=train_watch, eval_clock=eval_watch) \
+            if wants_curve(config, trains=method_cls.trains, scores=not timing_only) else None
+
         outcome = None
         if method_cls.trains:
             drawn = fewshot_indices(classes.pool, config.shots, config.seed)
@@ -104,27 +125,20 @@ class FewShotClassification:
                 outcome = train_classifier(
                     adapter, inputs, labels, pixels=pixels, config=train_cfg,
                     seed=config.seed, device=device, label=config.label,
+                    checkpoints=None if curve is None else curve.checkpoints(),
                 )
 
-        test_idx = test_indices(dataset, train_cfg.test_per_class)
-        test_labels = torch.from_numpy(dataset.test.labels[test_idx])
-        # Test features stay on disk and are scored a batch at a time (see count_correct).
-        if pixels:  # the tuned tower must encode the test split itself: evaluation cost
-            with eval_watch.measure():
-                test_features = encode_rows(
-                    backbone, dataset.test, test_idx, image_size=train_cfg.image_size,
-                    device=device, batch_size=train_cfg.eval_batch_size,
-                )
+        if curve is not None:  # the end of training was scored, by the last checkpoint
+            metrics = {**curve.final, "curve": curve.points}
         else:
-            test_features = _cached(context.features, backbone, dataset, "test", test_idx, config, device)
-        with eval_watch.measure():
-            metrics = self.score(adapter, test_features, test_labels, dataset, config, device)
+            with eval_watch.measure():
+                metrics = score()
         metrics = {
             **metrics,
             "train_images": 0 if outcome is None else int(len(labels)),
             "final_train_loss": None if outcome is None else round(outcome.final_loss, 5),
         }
-        if getattr(backbone, "timing_only", False):
+        if timing_only:
             metrics = timing_only_metrics(metrics, backbone)
 
         return TaskResult(
@@ -173,11 +187,13 @@ def train_classifier(
     seed: int,
     device: torch.device,
     label: str = "training",
+    checkpoints: Checkpoints | None = None,
 ) -> TrainOutcome:
-    """Cross-entropy training of ``adapter`` on ``inputs`` (pixels or cached features)."""
+    """Cross-entropy training of ``adapter`` on ``inputs`` (pixels or cached features),
+    scored at ``checkpoints`` along the way (see ``engine/checkpoints.py``)."""
     run = Optimization.for_run(adapter.optimizer_groups(), config)
     batches = ShuffledBatches(len(labels), config.batch_size, seed)
-    for step in run.steps(desc=label, model=adapter):
+    for step in run.steps(desc=label, model=adapter, checkpoints=checkpoints):
         index = batches.next()
         x = inputs[index].to(device, non_blocking=True)
         y = labels[index].to(device, non_blocking=True)

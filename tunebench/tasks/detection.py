@@ -17,9 +17,6 @@ its parameters then train on the cached regions like class embeddings do).
   track keeps frozen image features out), and a training step is region
   classification: the cached proposals of the batch's images, every foreground one
   and up to three background ones per foreground, against [background; classes];
-- with ``eval_split: validation`` (a selection trial) the run scores the dataset's
-  ``validation`` canvases instead of ``test`` (the same metric keys; no pictures):
-  canvases of their own whose objects no K-shot draw can hold;
 - methods that train detector or tower weights (``lit:heads``, ``full-ft``) run the
   detector on pixels every step with every detection loss (RPN, classification, box,
   mask), and are evaluated by running their tuned detector on the test images.
@@ -36,6 +33,7 @@ import torch.nn.functional as F
 from tunebench.config import RunConfig, build_dataclass
 from tunebench.datasets import load_dataset
 from tunebench.datasets.detection import DetectionDataset, DetectionSplit, fewshot_images
+from tunebench.engine.checkpoints import Checkpoints, QualityCurve, wants_curve
 from tunebench.engine.measure import Stopwatch
 from tunebench.engine.training import (
     Optimization,
@@ -57,6 +55,8 @@ from tunebench.tasks.detection_regions import RegionCache, compute_regions
 BACKGROUND_PER_OBJECT = 3  # background regions per foreground region in a cached step
 # Fewer held-out images than this make AP too coarse to rank learning rates by.
 MIN_VALIDATION_IMAGES = 10
+# The box APs kept at each quality checkpoint (``metrics["curve"]``); novel is the headline.
+CURVE_KEYS = ("novel_bbox_ap", "base_bbox_ap", "all_bbox_ap")
 
 
 @dataclass
@@ -82,12 +82,6 @@ class Detect:
     # arrive through the detector's own projection, L2-normalised (that is what the
     # region cache holds), and go through the method's refine_image_embeddings.
     hooks = frozenset({"class_embeddings", "refine_image_embeddings"})
-    # Higher is better; what `tunebench select` compares trials by. The report's verdict is
-    # novel box AP, so a method's lr is chosen for that number; selecting on all-class AP
-    # would choose for base classes the detector was built on, where methods barely
-    # differ. Base AP stays in every record, so a choice that buys novel AP by losing
-    # base classes shows up in the final runs.
-    selection_metric = "novel_bbox_ap"
 
     def validate(self, config: RunConfig) -> None:
         dataset = load_dataset(config.dataset)
@@ -119,6 +113,30 @@ class Detect:
                                  method_settings).to(device)
         live = backbone.image_tower_trains() or any(p.requires_grad for p in backbone.detector.parameters())
 
+        split_name = config.eval_split
+        test = dataset.split(split_name)  # the scored split: test, or validation in a selection trial
+        test_positions = list(range(len(test)))
+        if split_name == "test":
+            test_positions = test_positions[: settings.test_images]
+        # A frozen detector's scored regions come from the shared cache, fetched before
+        # training so that checkpoints can score on them.
+        cached_test = None if live else cache.get(backbone, dataset, split_name, test_positions, "test",
+                                                  device=device, batch_size=settings.images_per_batch)
+        latest: dict = {}  # the last scoring's detections, drawn in the pictures
+
+        def score() -> dict:
+            # The tuned detector must see the test images itself at every scoring: evaluation cost.
+            regions = cached_test if not live else compute_regions(
+                backbone, test, test_positions, "test", device=device, batch_size=settings.images_per_batch,
+                desc="regions (tuned detector)")
+            metrics, latest["dets"] = _score(adapter, regions, test, test_positions, dataset, train_cfg.precision,
+                                            device)
+            return metrics
+
+        curve = QualityCurve(score, CURVE_KEYS, train_clock=train_watch, eval_clock=eval_watch) \
+            if wants_curve(config, trains=method_cls.trains) else None
+        checkpoints = None if curve is None else curve.checkpoints()
+
         outcome, positions = None, []
         if method_cls.trains:
             train_split = dataset.split("train")
@@ -126,35 +144,19 @@ class Detect:
                                        dataset.classnames)
             if live:
                 with train_watch.measure():
-                    outcome = _train_live(adapter, train_split, positions, config, device)
+                    outcome = _train_live(adapter, train_split, positions, config, device, checkpoints)
             else:
                 regions = cache.get(backbone, dataset, "train", positions, "train", device=device,
                                     batch_size=settings.images_per_batch)
                 with train_watch.measure():
-                    outcome = _train_cached(adapter, regions, positions, config, device)
+                    outcome = _train_cached(adapter, regions, positions, config, device, checkpoints)
 
-        split_name = config.eval_split
-        test = dataset.split(split_name)  # the scored split: test, or validation in a selection trial
-        test_positions = list(range(len(test)))
-        if split_name == "test":
-            test_positions = test_positions[: settings.test_images]
-        if live:  # the tuned detector must see the scored images itself: evaluation cost
-            with eval_watch.measure():
-                regions = compute_regions(backbone, test, test_positions, "test", device=device,
-                                          batch_size=settings.images_per_batch, desc="regions (tuned detector)")
+        if curve is not None:  # the end of training was scored, by the last checkpoint
+            metrics = {**curve.final, "curve": curve.points}
         else:
-            regions = cache.get(backbone, dataset, split_name, test_positions, "test", device=device,
-                                batch_size=settings.images_per_batch)
-        with eval_watch.measure():
-            adapter.eval()
-            with torch.no_grad(), autocast_for(device, train_cfg.precision):
-                classes = adapter.class_embeddings().float()
-            check_finite_logits(classes, "class embeddings")  # every region would score NaN
-            dets = {p: detections(_refined(adapter, regions[p], device, train_cfg.precision), classes,
-                                  backbone.detector, tuple(test.load(p).shape[:2]))
-                    for p in test_positions}
-            metrics = coco_metrics(test, dataset, coco_results(test, dets, dataset.category_ids),
-                                   [test.image_id(p) for p in test_positions])
+            with eval_watch.measure():
+                metrics = score()
+        dets = latest["dets"]
         pictures = {}
         if settings.pictures and split_name == "test":
             shown = picture_positions(test, test_positions, settings.pictures, dataset.novel_labels)
@@ -195,6 +197,21 @@ def _check_validation_split(dataset: DetectionDataset) -> None:
                           f"selection needs every class there: annotate some")
 
 
+def _score(adapter, regions: dict, test: DetectionSplit, positions: list[int], dataset: DetectionDataset,
+           precision: str, device) -> tuple[dict, dict]:
+    """COCO metrics of the adapter's detections on the test images, and the detections."""
+    adapter.eval()
+    with torch.no_grad(), autocast_for(device, precision):
+        classes = adapter.class_embeddings().float()
+    check_finite_logits(classes, "class embeddings")  # every region would score NaN
+    dets = {p: detections(_refined(adapter, regions[p], device, precision), classes,
+                          adapter.backbone.detector, tuple(test.load(p).shape[:2]))
+            for p in positions}
+    metrics = coco_metrics(test, dataset, coco_results(test, dets, dataset.category_ids),
+                           [test.image_id(p) for p in positions])
+    return metrics, dets
+
+
 @torch.no_grad()
 def _refined(adapter, regions: dict, device, precision) -> dict:
     """One image's regions with the method's image side applied to their embeddings."""
@@ -221,13 +238,14 @@ class _Batches(ShuffledBatches):
         return [int(p) for p in self.positions[super().next().numpy()]]
 
 
-def _train_cached(adapter, regions: dict[int, dict], positions, config: RunConfig, device) -> dict:
+def _train_cached(adapter, regions: dict[int, dict], positions, config: RunConfig, device,
+                  checkpoints: Checkpoints | None = None) -> dict:
     """Region classification on a frozen detector's cached regions."""
     train_cfg, detector = config.train, adapter.backbone.detector
     run = Optimization.for_run(adapter.optimizer_groups(), train_cfg)
     batches = _Batches(positions, train_cfg.batch_size, config.seed)
     sampler = torch.Generator().manual_seed(config.seed + 1)
-    for step in run.steps(desc=config.label, model=adapter):
+    for step in run.steps(desc=config.label, model=adapter, checkpoints=checkpoints):
         embeddings, labels = [], []
         for position in batches.next():
             region = regions[position]
@@ -244,14 +262,15 @@ def _train_cached(adapter, regions: dict[int, dict], positions, config: RunConfi
     return {"steps": train_cfg.steps, "images_seen": train_cfg.steps * batches.batch, "loss": run.loss}
 
 
-def _train_live(adapter, split, positions, config: RunConfig, device) -> dict:
+def _train_live(adapter, split, positions, config: RunConfig, device,
+                checkpoints: Checkpoints | None = None) -> dict:
     """Every detection loss through the (partly) trainable detector, on pixels."""
     train_cfg, backbone = config.train, adapter.backbone
     run = Optimization.for_run(adapter.optimizer_groups(), train_cfg)
     batches = _Batches(positions, train_cfg.batch_size, config.seed)
     train_tower = backbone.image_tower_trains()
     targets_of = {p: split.target(p) for p in positions}
-    for step in run.steps(desc=config.label, model=adapter):
+    for step in run.steps(desc=config.label, model=adapter, checkpoints=checkpoints):
         chosen = batches.next()
         images = to_image_list([backbone.pixels(split.load(p)) for p in chosen]).to(device)
         targets = [{k: torch.from_numpy(targets_of[p][k]).to(device) for k in ("boxes", "labels", "masks")}

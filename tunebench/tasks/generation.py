@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from tunebench.config import RunConfig, build_dataclass
 from tunebench.datasets import load_dataset
 from tunebench.datasets.concepts import ConceptDataset
+from tunebench.engine.checkpoints import Checkpoints
 from tunebench.engine.measure import Stopwatch, synchronize
 from tunebench.engine.training import Optimization, autocast_for
 from tunebench.errors import ConfigError
@@ -209,10 +210,10 @@ def train_concept(adapter, latents, train_index, *, config: RunConfig, settings:
     generator = torch.Generator().manual_seed(config.seed)
     batch = train_cfg.batch_size
     step_times: list[float] = []
-    for step in run.steps(desc=config.label, model=adapter):
-        if step in checkpoints:
-            on_checkpoint(step)  # samples in eval mode
-            adapter.train()
+    # The engine scores the checkpoints (samples in eval mode, then train mode again);
+    # ``watch`` runs only inside each step's update below, so it is not running then.
+    scoring = Checkpoints(evaluate=on_checkpoint, clock=watch, at=frozenset(checkpoints))
+    for step in run.steps(desc=config.label, model=adapter, checkpoints=scoring):
         # The batch's randomness is drawn from the run's seed on the CPU: every method
         # sees the same references, flips, timesteps, noise and templates at each step.
         pick = torch.randint(0, len(latents), (batch,), generator=generator)
@@ -230,9 +231,7 @@ def train_concept(adapter, latents, train_index, *, config: RunConfig, settings:
             target = model.training_target(noise_schedule, x0, noise, t)
             run.update(F.mse_loss(prediction.float(), target.float()), step)
         step_times.append(time.perf_counter() - started)
-    # The parameters were checked after the last step, before these samples are drawn.
-    if train_cfg.steps in checkpoints:
-        on_checkpoint(train_cfg.steps)
+    # A checkpoint at the last step ran after the parameters' finite check.
     adapter.eval()
     # The first step pays one-off costs (allocations, kernel selection): left out of the median.
     steady = step_times[1:] or step_times

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tunebench.report import figures
 from tunebench.report import table as t
+from tunebench.report.curves import curve_part
 from tunebench.report.sections import Options, section
 from tunebench.report.style import method_key
 
@@ -201,8 +202,11 @@ def write(runs: list[dict], results: Path, options: Options) -> tuple[list[str],
         *(line for group, group_cells in groups.items() for line in _group_tables(group, group_cells)),
         *figures.links(written, results),
     ]
+    curve_lines, curve_files = curve_part(runs, results, track="Alignment", key=METRIC, metric_name="mean R@1",
+                                          ylabel=R1_LABEL, slug="align", shots_unit="pairs")
+    lines += curve_lines
     zero_shot = sorted({k[:-5] for c in cells for k in c if k.startswith(ZERO_SHOT_PREFIX) and k.endswith("_mean")})
     summary = t.write_summary(cells, results / "summary_align.csv", [
         "backbone", "dataset", "method", ("pairs", "shots"), "n_seeds", "seeds", "trainable_params", "total_params",
         "trainable_percent", "train_seconds_mean", "steps", *t.mean_std([METRIC, *RETRIEVAL, *KNOWLEDGE, *zero_shot])])
-    return lines, [summary, *(path for _, path in written)]
+    return lines, [summary, *curve_files, *(path for _, path in written)]

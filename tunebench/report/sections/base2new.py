@@ -19,6 +19,7 @@ from matplotlib.patches import Patch
 
 from tunebench.report import figures
 from tunebench.report import table as t
+from tunebench.report.curves import curve_part
 from tunebench.report.sections import Options, section
 from tunebench.report.style import method_key, style
 
@@ -178,7 +179,11 @@ def write(runs: list[dict], results: Path, options: Options) -> tuple[list[str],
         for dataset in sorted({c["dataset"] for c in group}):
             lines += _dataset_table(dataset, [c for c in group if c["dataset"] == dataset])
     lines += figures.links(written, results)
+    curve_lines, curve_files = curve_part(runs, results, track="Base-to-new", key="h", metric_name="H",
+                                          ylabel="H, harmonic mean of base and new accuracy (%)", slug="b2n",
+                                          shots_unit="shots per base class")
+    lines += ["", *curve_lines] if curve_lines else []
     summary = t.write_summary(cells, results / "summary_b2n.csv", [
         "backbone", "shots", "dataset", "method", "n_seeds", "seeds", "base_mean", "base_std", ("new_mean", "new"),
         "new_std", "h", "trainable_params", "total_params", "train_seconds_mean", "eval_seconds_mean"])
-    return lines, [summary, *(path for _, path in written)]
+    return lines, [summary, *curve_files, *(path for _, path in written)]

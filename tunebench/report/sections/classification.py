@@ -12,6 +12,7 @@ import pandas as pd
 
 from tunebench.report import figures
 from tunebench.report import table as t
+from tunebench.report.curves import curve_part
 from tunebench.report.sections import Options, section
 from tunebench.report.style import method_key
 
@@ -130,5 +131,9 @@ def write(runs: list[dict], results: Path, options: Options) -> tuple[list[str],
     df = pd.DataFrame(cells)
     lines = [line for _, group in df.groupby(GROUP, sort=True) for line in _dataset_section(group, metric)]
     lines += _relative_time_section(df, options.reference) + _zero_shot_section(cells, metric)
+    curve_lines, curve_files = curve_part(runs, results, track="Classification", key=metric, metric_name=metric,
+                                          ylabel=f"{LABELS.get(metric, metric)} (%)", slug="classification",
+                                          heading="##")
     written = _figures(cells, results / "figures", metric)
-    return [*lines, "## Figures", "", *figures.links(written, results)], [summary, *(p for _, p in written)]
+    return ([*lines, *curve_lines, "## Figures", "", *figures.links(written, results)],
+            [summary, *curve_files, *(p for _, p in written)])

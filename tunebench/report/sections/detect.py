@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tunebench.report import figures
 from tunebench.report import table as t
+from tunebench.report.curves import curve_part
 from tunebench.report.sections import Options, section
 from tunebench.report.style import method_key
 
@@ -116,10 +117,14 @@ def write(runs: list[dict], results: Path, options: Options) -> tuple[list[str],
              "scored with pycocotools on the test images. Novel classes were never seen when the "
              "detector was built; *novel box AP* is the headline.", "",
              *(line for (dataset, backbone), group in groups.items() for line in _group_section(dataset, backbone, group)),
-             "### Detection figures", "", *figures.links(written, results)]
+             "### Detection figures", "", *figures.links(written, results), ""]
+    curve_lines, curve_files = curve_part(runs, results, track="Detection", key=METRIC, metric_name="novel box AP",
+                                          ylabel="Novel-class box AP (%)", slug="detect",
+                                          shots_unit="images per class")
+    lines += curve_lines
     summary = t.write_summary(cells, results / "summary_detect.csv", [
         "dataset", "backbone", "method", "shots", "n_seeds", "seeds", "trainable_params", "total_params",
         "trainable_percent", ("train_seconds_mean", "train_seconds_mean", ".4f"),
         ("eval_seconds_mean", "eval_seconds_mean", ".4f"),
         *t.mean_std(sorted({m for c in cells for m in t.metric_names(c)}))])
-    return lines, [summary, *(path for _, path in written)]
+    return lines, [summary, *curve_files, *(path for _, path in written)]
