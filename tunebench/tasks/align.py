@@ -45,15 +45,12 @@ from tunebench.tasks.knowledge import KnowledgeProbe
 
 RECALL_KS = (1, 5, 10)
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on the inverse temperature
-<<<<<<< HEAD
 # Fewer validation pairs than this make R@1 too coarse to rank learning rates by.
 MIN_VALIDATION_PAIRS = 20
-=======
 # Kept at each quality checkpoint (``metrics["curve"]``), with every zero-shot score:
 # the retrieval numbers the report headlines.
 CURVE_KEYS = ("mean_r1", "i2t_r1", "t2i_r1")
 ZERO_SHOT_PREFIX = "zeroshot/"  # metrics[f"zeroshot/{dataset}"]: zero-shot top-1 there
->>>>>>> i11-curves
 
 
 @dataclass
@@ -120,14 +117,14 @@ class Align:
         def score() -> dict:
             # Pixel-path presets re-encode the test images at every scoring: evaluation cost.
             metrics = _retrieval(adapter, dataset, pixels=pixels, config=config, context=context)
-            for name in settings.zero_shot_datasets:
+            for name in settings.zero_shot_datasets if final else ():  # a trial reads no test images
                 metrics[f"{ZERO_SHOT_PREFIX}{name}"] = _zero_shot(
                     adapter, load_dataset(name), settings.zero_shot_per_class,
                     pixels=pixels, config=config, context=context,
                 )
             return metrics
 
-        keys = (*CURVE_KEYS, *(f"{ZERO_SHOT_PREFIX}{name}" for name in settings.zero_shot_datasets))
+        keys = (*CURVE_KEYS, *(f"{ZERO_SHOT_PREFIX}{name}" for name in settings.zero_shot_datasets if final))
         curve = QualityCurve(score, keys, train_clock=train_watch, eval_clock=eval_watch) \
             if wants_curve(config, trains=method_cls.trains) else None
 
@@ -147,17 +144,6 @@ class Align:
                 outcome = _train(adapter, images, captions, meanings, pixels=pixels, config=config, device=device,
                                  checkpoints=None if curve is None else curve.checkpoints())
 
-<<<<<<< HEAD
-        metrics: dict = {}
-        with eval_watch.measure():
-            metrics.update(_retrieval(adapter, dataset, pixels=pixels, config=config, context=context))
-            for name in settings.zero_shot_datasets if final else ():
-                metrics[f"zeroshot/{name}"] = _zero_shot(
-                    adapter, load_dataset(name), settings.zero_shot_per_class,
-                    pixels=pixels, config=config, context=context,
-                )
-            if probe is not None:
-=======
         if curve is not None:  # the end of training was scored, by the last checkpoint
             metrics = {**curve.final, "curve": curve.points}
         else:
@@ -165,7 +151,6 @@ class Align:
                 metrics = score()
         if probe is not None:
             with eval_watch.measure():
->>>>>>> i11-curves
                 metrics.update(probe.after(backbone))
         metrics.update(
             train_pairs=0 if outcome is None else len(captions),
