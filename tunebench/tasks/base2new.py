@@ -32,6 +32,8 @@ class BaseToNew(FewShotClassification):
     summary = ("base-to-new generalisation (CoCoOp protocol): train K shots on the first half of the "
                "classes, score base and unseen new classes; metrics: base, new, H")
     hooks = FewShotClassification.hooks | {"new_class_scorer"}  # the new half: by name alone
+    # Selection scores base-class validation images only: the new classes stay unseen.
+    selection_metric = "base"
 
     def validate(self, config: RunConfig) -> None:
         super().validate(config)

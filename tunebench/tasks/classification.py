@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from tunebench.config import RunConfig, TrainConfig
 from tunebench.datasets import ClassificationDataset, fewshot_indices, load_dataset, test_indices
-from tunebench.datasets.fewshot import check_shots
+from tunebench.datasets.fewshot import check_shots, check_validation_room, validation_indices
 from tunebench.engine.feature_file import FeatureRows
 from tunebench.engine.features import FeatureCache, encode_rows
 from tunebench.engine.measure import Stopwatch
@@ -58,6 +59,8 @@ class FewShotClassification:
     # their defaults call.
     hooks = frozenset({"class_embeddings", "forward", "embed_images", "refine_image_embeddings",
                        "scorer", "head", "logit_scale"})
+    # The higher-is-better metric that lr selection reads from a validation run's metrics.
+    selection_metric: ClassVar[str] = "top1"
 
     def training_classes(self, dataset: ClassificationDataset) -> TrainingClasses:
         return TrainingClasses(dataset)
@@ -68,6 +71,25 @@ class FewShotClassification:
         correct = count_correct(adapter, adapter.scorer, features, labels, config, device)
         return {"top1": correct / len(labels), "num_classes": dataset.num_classes, "test_images": len(labels)}
 
+    def validation_images(self, dataset: ClassificationDataset, classes: TrainingClasses,
+                          per_class: int) -> tuple[str, np.ndarray]:
+        """Where a validation run is scored: ("val" or "train", indices into that split of
+        ``dataset``), the training classes' images only (see ``datasets.fewshot``)."""
+        split, indices = validation_indices(dataset, per_class)
+        source = dataset.val if split == "val" else dataset.train
+        # The training classes are the dataset's first pool.num_classes labels in order (all
+        # of them, or base2new's base half), so their labels read the same in both.
+        return split, indices[source.labels[indices] < classes.pool.num_classes]
+
+    def validation_score(self, adapter: MethodAdapter, features: torch.Tensor | FeatureRows,
+                         labels: torch.Tensor, classes: TrainingClasses, config: RunConfig,
+                         device: torch.device) -> dict:
+        """Top-1 among the training classes over their validation images, under the key
+        ``selection_metric`` names (base2new: ``base``; its new classes stay unseen)."""
+        correct = count_correct(adapter, adapter.scorer, features, labels, config, device)
+        return {self.selection_metric: correct / len(labels), "num_classes": classes.pool.num_classes,
+                "validation_images": len(labels)}
+
     def validate(self, config: RunConfig) -> None:
         refuse_detectors(config)
         dataset = load_dataset(config.dataset)  # unknown dataset or missing data fails here, early
@@ -76,8 +98,9 @@ class FewShotClassification:
                               f"imagefolder:PATH); {config.dataset!r} is not one")
         method_cls, _ = method_and_settings(config)
         classes = self.training_classes(dataset)
-        if method_cls.trains:
-            check_shots(classes.pool, config.shots)  # K over a class's images: one line, before any cell
+        if method_cls.trains:  # one line, before any cell:
+            check_shots(classes.pool, config.shots)  # K over a class's images
+            check_validation_room(classes.pool, config.shots, config.train.val_per_class)  # K + validation
 
     def run(self, config: RunConfig, context: TaskContext) -> TaskResult:
         dataset = load_dataset(config.dataset)
@@ -93,7 +116,8 @@ class FewShotClassification:
 
         outcome = None
         if method_cls.trains:
-            drawn = fewshot_indices(classes.pool, config.shots, config.seed)
+            drawn = fewshot_indices(classes.pool, config.shots, config.seed,
+                                    val_per_class=train_cfg.val_per_class)
             labels = torch.from_numpy(classes.pool.train.labels[drawn])
             train_idx = drawn if classes.positions is None else classes.positions[drawn]
             if pixels:
@@ -106,19 +130,28 @@ class FewShotClassification:
                     seed=config.seed, device=device, label=config.label,
                 )
 
-        test_idx = test_indices(dataset, train_cfg.test_per_class)
-        test_labels = torch.from_numpy(dataset.test.labels[test_idx])
-        # Test features stay on disk and are scored a batch at a time (see count_correct).
-        if pixels:  # the tuned tower must encode the test split itself: evaluation cost
+        # Selection trials are scored on validation images, final runs on the test subset.
+        validating = config.eval_split == "validation"
+        if validating:
+            split, eval_idx = self.validation_images(dataset, classes, train_cfg.val_per_class)
+        else:
+            split, eval_idx = "test", test_indices(dataset, train_cfg.test_per_class)
+        source = _source(dataset, split)
+        eval_labels = torch.from_numpy(source.labels[eval_idx])
+        # Evaluation features stay on disk and are scored a batch at a time (see count_correct).
+        if pixels:  # the tuned tower must encode the images itself: evaluation cost
             with eval_watch.measure():
-                test_features = encode_rows(
-                    backbone, dataset.test, test_idx, image_size=train_cfg.image_size,
+                eval_features = encode_rows(
+                    backbone, source, eval_idx, image_size=train_cfg.image_size,
                     device=device, batch_size=train_cfg.eval_batch_size,
                 )
         else:
-            test_features = _cached(context.features, backbone, dataset, "test", test_idx, config, device)
+            eval_features = _cached(context.features, backbone, dataset, split, eval_idx, config, device)
         with eval_watch.measure():
-            metrics = self.score(adapter, test_features, test_labels, dataset, config, device)
+            if validating:
+                metrics = self.validation_score(adapter, eval_features, eval_labels, classes, config, device)
+            else:
+                metrics = self.score(adapter, eval_features, eval_labels, dataset, config, device)
         metrics = {
             **metrics,
             "train_images": 0 if outcome is None else int(len(labels)),
@@ -188,10 +221,13 @@ def train_classifier(
                         step_seconds=run.median_step_seconds)
 
 
+def _source(dataset: ClassificationDataset, split: str):
+    return {"train": dataset.train, "val": dataset.val, "test": dataset.test}[split]
+
+
 def _cached(cache: FeatureCache, backbone, dataset, split, indices, config: RunConfig, device) -> FeatureRows:
-    source = dataset.train if split == "train" else dataset.test
     return cache.rows(
-        backbone, source, indices, dataset=dataset.name, split=split,
+        backbone, _source(dataset, split), indices, dataset=dataset.name, split=split,
         image_size=config.train.image_size, device=device, batch_size=config.train.eval_batch_size,
     )
 
