@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from tunebench.datasets import fewshot_indices, load_dataset, test_indices
-from tunebench.datasets.fewshot import held_out_for_validation
 from tunebench.datasets.fashion_mnist import DEFAULT_DIR as FASHION_DIR
+from tunebench.datasets.fewshot import held_out_for_validation
 from tunebench.datasets.imagefolder import image_folder
 from tunebench.errors import ConfigError, DataError
 
