@@ -18,7 +18,7 @@ from tests.test_faults_config import (
 )
 from tests.test_methods import make
 from tunebench.bench.runner import validate_cells
-from tunebench.config import RunConfig
+from tunebench.config import RunConfig, TrainConfig
 from tunebench.datasets import fewshot_indices, load_dataset
 from tunebench.datasets.base import ArrayImages, ClassificationDataset
 from tunebench.datasets.class_split import split_base_new
@@ -60,8 +60,9 @@ def test_base_draws_are_fewshot_draws_of_those_classes(tmp_path):
     """Same seed, same draw code: the base classes train on the images fewshot-cls uses."""
     dataset = load_dataset("tiny-shapes")
     split = split_base_new(dataset)
-    full = fewshot_indices(dataset, 3, seed=7, cache_dir=tmp_path)
-    base = split.base.train.positions[fewshot_indices(split.base, 3, seed=7, cache_dir=tmp_path)]
+    full = fewshot_indices(dataset, 3, seed=7, cache_dir=tmp_path, val_per_class=5)
+    base = split.base.train.positions[fewshot_indices(split.base, 3, seed=7, cache_dir=tmp_path,
+                                                            val_per_class=5)]
     assert len(base) == 3 * split.num_base
     assert np.array_equal(base, full[dataset.train.labels[full] < split.num_base])
 
@@ -189,8 +190,10 @@ def test_more_shots_than_a_class_has_is_one_line_naming_it(tmp_path, capsys, tas
 
 
 def test_only_base_classes_need_k_shots(tmp_path):
-    dataset = _folder(tmp_path / "fruit", {"apple": (3, 1), "banana": (3, 1), "cherry": (1, 1)})
-    cell = dict(dataset=dataset, method="coop", backbone="tiny-clip", shots=3, seed=1)
+    dataset = _folder(tmp_path / "fruit", {"apple": (4, 1), "banana": (4, 1), "cherry": (1, 1)})
+    # 3 shots + 1 image per class held out for validation
+    cell = dict(dataset=dataset, method="coop", backbone="tiny-clip", shots=3, seed=1,
+                train=TrainConfig(val_per_class=1))
     validate_cells([RunConfig(task="base2new", **cell)])  # cherry is new: it never trains
     with pytest.raises(DataError, match=r"class\(es\) cherry \(1\) have fewer"):
         validate_cells([RunConfig(task="fewshot-cls", **cell)])

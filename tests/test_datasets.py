@@ -12,6 +12,7 @@ from PIL import Image
 
 from tunebench.datasets import fewshot_indices, load_dataset, test_indices
 from tunebench.datasets.fashion_mnist import DEFAULT_DIR as FASHION_DIR
+from tunebench.datasets.fewshot import held_out_for_validation
 from tunebench.datasets.imagefolder import image_folder
 from tunebench.errors import ConfigError, DataError
 
@@ -27,6 +28,9 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def tiny():
     return load_dataset("tiny-shapes")
+
+
+VAL = 8  # validation images held out per class: tiny-shapes' 24 leave 16 to draw from
 
 
 def split_files(cache: Path) -> list[Path]:
@@ -59,29 +63,30 @@ def test_tiny_shapes_is_deterministic(tiny) -> None:
 
 
 def test_fewshot_k_per_class_and_seeded(tiny) -> None:
-    first = fewshot_indices(tiny, shots=4, seed=1)
+    first = fewshot_indices(tiny, shots=4, seed=1, val_per_class=VAL)
     assert np.all(np.diff(first) > 0)  # sorted, no repeats
     assert np.bincount(tiny.train.labels[first]).tolist() == [4] * 4
-    assert np.array_equal(first, fewshot_indices(tiny, shots=4, seed=1))
-    assert not np.array_equal(first, fewshot_indices(tiny, shots=4, seed=2))
+    assert np.array_equal(first, fewshot_indices(tiny, shots=4, seed=1, val_per_class=VAL))
+    assert not np.array_equal(first, fewshot_indices(tiny, shots=4, seed=2, val_per_class=VAL))
 
 
 def test_fewshot_split_file_is_written_and_read_back(tiny, private_cache: Path) -> None:
-    drawn = fewshot_indices(tiny, shots=2, seed=3)
+    drawn = fewshot_indices(tiny, shots=2, seed=3, val_per_class=VAL)
     [path] = split_files(private_cache)
-    assert path.name == "tiny-shapes_96pool_2shot_seed3.json"
+    assert path.name == "tiny-shapes_96pool_2shot_seed3_val8.json"
     record = json.loads(path.read_text())
     assert record["indices"] == drawn.tolist()
     assert record["identities"] == [tiny.train.identity(int(i)) for i in drawn]
 
     # Other valid indices in the file are what comes back: the file is the source of truth.
-    last_two = [np.flatnonzero(tiny.train.labels == c)[-2:] for c in range(4)]
+    free = np.setdiff1d(np.arange(len(tiny.train)), held_out_for_validation(tiny, VAL))
+    last_two = [free[tiny.train.labels[free] == c][-2:] for c in range(4)]
     others = np.sort(np.concatenate(last_two))
     assert not np.array_equal(others, drawn)
     record["indices"] = others.tolist()
     record["identities"] = [tiny.train.identity(int(i)) for i in others]
     path.write_text(json.dumps(record))
-    assert np.array_equal(fewshot_indices(tiny, shots=2, seed=3), others)
+    assert np.array_equal(fewshot_indices(tiny, shots=2, seed=3, val_per_class=VAL), others)
 
 
 @pytest.mark.parametrize(
@@ -95,26 +100,26 @@ def test_fewshot_split_file_is_written_and_read_back(tiny, private_cache: Path) 
     ids=["corrupt-json", "wrong-count", "out-of-range", "stale-identities"],
 )
 def test_fewshot_bad_split_file_is_redrawn(tiny, private_cache: Path, tamper) -> None:
-    drawn = fewshot_indices(tiny, shots=2, seed=0)
+    drawn = fewshot_indices(tiny, shots=2, seed=0, val_per_class=VAL)
     [path] = split_files(private_cache)
     text = path.read_text()
     path.write_text(tamper(text, json.loads(text)))
     with pytest.warns(UserWarning, match="drawing the split again"):
-        assert np.array_equal(fewshot_indices(tiny, shots=2, seed=0), drawn)
+        assert np.array_equal(fewshot_indices(tiny, shots=2, seed=0, val_per_class=VAL), drawn)
     assert json.loads(path.read_text())["indices"] == drawn.tolist()  # repaired on disk
 
 
 def test_fewshot_explicit_cache_dir(tiny, tmp_path: Path, private_cache: Path) -> None:
-    fewshot_indices(tiny, shots=1, seed=0, cache_dir=tmp_path / "elsewhere")
+    fewshot_indices(tiny, shots=1, seed=0, cache_dir=tmp_path / "elsewhere", val_per_class=VAL)
     assert len(list((tmp_path / "elsewhere").glob("*.json"))) == 1
     assert split_files(private_cache) == []
 
 
 def test_fewshot_too_many_shots(tiny) -> None:
     with pytest.raises(DataError, match="at most 24 shots"):
-        fewshot_indices(tiny, shots=25, seed=0)
+        fewshot_indices(tiny, shots=25, seed=0, val_per_class=VAL)
     with pytest.raises(ConfigError):
-        fewshot_indices(tiny, shots=0, seed=0)
+        fewshot_indices(tiny, shots=0, seed=0, val_per_class=VAL)
 
 
 def test_test_indices(tiny) -> None:

@@ -22,7 +22,8 @@ from tunebench.engine.features import FeatureCache
 from tunebench.report.build import build_report
 
 CPU = torch.device("cpu")
-TINY_RUN = ["--backbone", "tiny-clip", "--shots", "2", "--set", "train.steps=2", "--set", "train.image_size=16"]
+TINY_RUN = ["--backbone", "tiny-clip", "--shots", "2", "--set", "train.steps=2", "--set", "train.image_size=16",
+            "--set", "train.val_per_class=1"]  # 5 images per class: 1 tested, 1 held out, 2 drawn
 
 
 def write_pets(folder: Path, *, seed: int) -> list[Path]:

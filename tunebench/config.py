@@ -45,13 +45,16 @@ class TrainConfig:
     grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0 = off)"})
     image_size: int = field(default=64, metadata={"help": "pixels per side fed to the image tower"})
     test_per_class: int | None = field(default=100, metadata={"help": "fixed test images per class (null = all)"})
+    val_per_class: int = field(default=20, metadata={
+        "help": "validation images per class for lr selection: held out of the train pool (fixed seed, "
+                "never drawn as shots), or taken from the dataset's own validation list"})
     eval_batch_size: int = field(default=256, metadata={"help": "images per batch when evaluating"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
     precision: str = field(default="auto", metadata={"help": "auto (bf16 autocast on CUDA) | fp32 | bf16"})
     save_artifacts: bool = field(default=True, metadata={"help": "save each run's trained tensors"})
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "image_size", "eval_batch_size"):
+        for name in ("steps", "batch_size", "image_size", "eval_batch_size", "val_per_class"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup_steps < 0 or self.grad_clip < 0:

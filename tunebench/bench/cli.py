@@ -1,4 +1,4 @@
-"""Command line: ``tunebench list | build | run | bench | report | gpu-check`` (also ``python -m tunebench``)."""
+"""Command line: ``tunebench list | build | run | select | bench | report | gpu-check`` (also ``python -m tunebench``)."""
 
 from __future__ import annotations
 
@@ -170,12 +170,7 @@ def _print_record(record: dict) -> None:
     )
 
 
-def _bench(args) -> None:
-    from tunebench.bench.lock import claim_results
-    from tunebench.bench.runner import unique_cells, validate_cells
-    from tunebench.bench.sweep import expand, load_sweep
-    from tunebench.registry import load_all
-
+def _check_executor_flags(args) -> None:
     ray_flags = [args.ray_address, args.ray_workers, args.ray_cpus_per_cell]
     if args.executor != "ray" and any(flag is not None for flag in ray_flags):
         raise ConfigError("--ray-address, --ray-workers and --ray-cpus-per-cell need --executor ray")
@@ -185,8 +180,23 @@ def _bench(args) -> None:
     from tunebench.bench.parallel import check_jobs
 
     check_jobs(1 if args.jobs is None else args.jobs, args.threads)  # before the results folder is touched
+
+
+def _bench(args) -> None:
+    from tunebench.bench.lock import claim_results
+    from tunebench.bench.runner import unique_cells, validate_cells
+    from tunebench.bench.selection import plan_selection
+    from tunebench.bench.sweep import expand, load_sweep
+    from tunebench.registry import load_all
+
+    _check_executor_flags(args)
     load_all()
-    listed = expand(load_sweep(args.sweep))
+    sweep = load_sweep(args.sweep)
+    plan = plan_selection(sweep)
+    if plan is not None:
+        _select_then_bench(args, sweep, plan)
+        return
+    listed = expand(sweep)
     cells = unique_cells(listed)
     if len(cells) < len(listed):
         print(f"note: {args.sweep} lists {len(listed) - len(cells)} cell(s) more than once; "
@@ -197,30 +207,66 @@ def _bench(args) -> None:
             print(f"{cell.config_hash}  {cell.label}")
         print(f"{len(cells)} cells")
         return
+    _check_ray(args)
+    with claim_results(args.results, f"tunebench bench {args.sweep}"):
+        _bench_cells(args, cells)
+
+
+def _check_ray(args) -> None:
     if args.executor == "ray":
         from tunebench.bench.executors import import_ray
 
         import_ray()  # a missing Ray stops here, before the results folder is touched
-    with claim_results(args.results, f"tunebench bench {args.sweep}"):
-        _bench_cells(args, cells)
+
+
+def _select(args) -> None:
+    """``tunebench select SWEEP``: run (or read) the selection trials and print each choice."""
+    from tunebench.bench.selection import plan_selection
+    from tunebench.bench.sweep import load_sweep
+    from tunebench.registry import load_all
+
+    _check_executor_flags(args)
+    load_all()
+    plan = plan_selection(load_sweep(args.sweep))
+    if plan is None:
+        raise ConfigError(f"{args.sweep} has no selection: block: add one (see docs/configuration.md)")
+    _select_then_bench(args, None, plan)
+
+
+def _select_then_bench(args, sweep, plan) -> None:
+    """The selection trials, then (``sweep`` given: ``bench``) the final cells with the chosen lrs."""
+    from tunebench.bench import selection
+    from tunebench.bench.lock import claim_results
+    from tunebench.bench.runner import unique_cells, validate_cells
+    from tunebench.bench.sweep import expand
+
+    validate_cells(unique_cells(plan.cells))
+    if sweep is not None:  # the final cells as they will be, but for the lr: bad input stops here
+        validate_cells(unique_cells(expand(sweep, selection.placeholder_choices(plan))))
+    if args.dry_run:
+        print("\n".join(selection.dry_run_lines(plan, sweep, args.results)))
+        return
+    _check_ray(args)
+    command = f"tunebench {'bench' if sweep is not None else 'select'} {args.sweep}"
+    with claim_results(args.results, command):
+        started = time.perf_counter()
+        choices = selection.run_selection(plan, args.results, lambda cells, folder: _execute(cells, folder, args))
+        selecting = time.perf_counter() - started
+        print("\n".join(selection.describe(choices)))
+        if sweep is None:
+            return
+        started = time.perf_counter()
+        try:
+            _bench_cells(args, unique_cells(expand(sweep, choices)))
+        finally:
+            print(f"time: selection {selecting / 60:.1f} min ({len(plan.cells)} trials), "
+                  f"final runs {(time.perf_counter() - started) / 60:.1f} min")
 
 
 def _bench_cells(args, cells: list) -> None:
     """Run the (validated, de-duplicated) cells, then report; the caller holds the results-folder lock."""
     started = time.perf_counter()
-    if args.executor == "ray":
-        from tunebench.bench.executors import RayOptions, run_sweep_ray
-
-        given = {"address": args.ray_address, "workers": args.ray_workers,
-                 "cpus_per_cell": args.ray_cpus_per_cell}
-        options = RayOptions(**{k: v for k, v in given.items() if v is not None})
-        summary = run_sweep_ray(cells, args.results, force=args.force, options=options)
-    elif (args.jobs or 1) > 1:
-        from tunebench.bench.parallel import run_sweep_local
-
-        summary = run_sweep_local(cells, args.results, jobs=args.jobs, threads=args.threads, force=args.force)
-    else:
-        summary = _run_in_process(cells, args)
+    summary = _execute(cells, args.results, args)
     minutes = (time.perf_counter() - started) / 60
     print(
         f"sweep {args.sweep}: {len(summary.ok)} ran, {len(summary.skipped)} already finished, "
@@ -232,14 +278,30 @@ def _bench_cells(args, cells: list) -> None:
         raise TunebenchError(f"{len(summary.failed)} run(s) failed; their errors are in {args.results}/runs")
 
 
-def _run_in_process(cells: list, args):
+def _execute(cells: list, results: Path, args):
+    """Run cells into the results folder ``results`` with the executor the flags name."""
+    if args.executor == "ray":
+        from tunebench.bench.executors import RayOptions, run_sweep_ray
+
+        given = {"address": args.ray_address, "workers": args.ray_workers,
+                 "cpus_per_cell": args.ray_cpus_per_cell}
+        options = RayOptions(**{k: v for k, v in given.items() if v is not None})
+        return run_sweep_ray(cells, results, force=args.force, options=options)
+    if (args.jobs or 1) > 1:
+        from tunebench.bench.parallel import run_sweep_local
+
+        return run_sweep_local(cells, results, jobs=args.jobs, threads=args.threads, force=args.force)
+    return _run_in_process(cells, results, args)
+
+
+def _run_in_process(cells: list, results: Path, args):
     """``--jobs 1``: one cell after another in this process, on torch's own thread count
     unless ``--threads`` sets one (for this sweep only)."""
     import torch
 
     from tunebench.bench.runner import Runner, run_sweep
 
-    runner = Runner(args.results, force=args.force, executor=ONE_AT_A_TIME)
+    runner = Runner(results, force=args.force, executor=ONE_AT_A_TIME)
     before = torch.get_num_threads()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -292,6 +354,29 @@ def _gpu_check(args) -> int:
     return 1 if failed else 0
 
 
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of the commands that run a sweep's cells (select, bench)."""
+    p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: results)")
+    p.add_argument("--force", action="store_true", help="rerun finished cells too")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the cells (and selection trials) with their hashes, run nothing")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: on this machine (--jobs cells at once); ray: one Ray task per cell "
+                        "(see docs/cluster.md)")
+    p.add_argument("--jobs", type=int,
+                   help="local: cells run at once, each in a worker process (default 1: one after "
+                        "another in this process, as the committed results ran); times of cells that "
+                        "shared the machine compare only with cells run under the same --jobs and --threads")
+    p.add_argument("--threads", type=int,
+                   help="local: torch threads per cell (default: cores / jobs; with --jobs 1 torch's "
+                        "own default). Float sums depend on it, so coop and full-ft top-1 do too")
+    p.add_argument("--ray-address", help="join this Ray cluster (e.g. auto or ray://HEAD:10001); "
+                                         "default: start Ray on this machine")
+    p.add_argument("--ray-workers", type=int, help="cells running at once (default 2)")
+    p.add_argument("--ray-cpus-per-cell", type=int,
+                   help="CPUs (and torch threads) each cell asks for (default 1); CUDA cells also get 1 GPU")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunebench",
@@ -332,28 +417,18 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rerun even when a finished result exists")
     p.set_defaults(func=_run)
 
-    p = sub.add_parser("bench", help="run every cell of a sweep file, then rebuild the report")
+    p = sub.add_parser("select", help="choose each trained method's lr on validation data (the sweep's "
+                       "selection: block); trials are stored in RESULTS/selection/")
+    p.add_argument("sweep", type=Path, help="sweep YAML with a selection: block (e.g. bench.yaml)")
+    _add_run_flags(p)
+    p.set_defaults(func=_select)
+
+    p = sub.add_parser("bench", help="run every cell of a sweep file (selection: block: after choosing "
+                       "each trained method's lr), then rebuild the report")
     p.add_argument("sweep", type=Path, help="sweep YAML (e.g. bench.yaml)")
-    p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: results)")
-    p.add_argument("--force", action="store_true", help="rerun finished cells too")
-    p.add_argument("--dry-run", action="store_true", help="list the cells and their hashes, run nothing")
+    _add_run_flags(p)
     p.add_argument("--no-report", action="store_true", help="do not rebuild the report afterwards")
     p.add_argument("--reference", default="cones", help="method that train times are compared to")
-    p.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="local: on this machine (--jobs cells at once); ray: one Ray task per cell "
-                        "(see docs/cluster.md)")
-    p.add_argument("--jobs", type=int,
-                   help="local: cells run at once, each in a worker process (default 1: one after "
-                        "another in this process, as the committed results ran); times of cells that "
-                        "shared the machine compare only with cells run under the same --jobs and --threads")
-    p.add_argument("--threads", type=int,
-                   help="local: torch threads per cell (default: cores / jobs; with --jobs 1 torch's "
-                        "own default). Float sums depend on it, so coop and full-ft top-1 do too")
-    p.add_argument("--ray-address", help="join this Ray cluster (e.g. auto or ray://HEAD:10001); "
-                                         "default: start Ray on this machine")
-    p.add_argument("--ray-workers", type=int, help="cells running at once (default 2)")
-    p.add_argument("--ray-cpus-per-cell", type=int,
-                   help="CPUs (and torch threads) each cell asks for (default 1); CUDA cells also get 1 GPU")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("report", help="rebuild tables and figures from the stored runs (no training)")

@@ -17,6 +17,14 @@ A method may name a variant after a colon (``lit:bitfit`` is ``lit`` with
 those of ``method_config["lit:bitfit"]``. ``backbone`` may be a list: every cell
 then runs on each backbone (the model-size axis).
 
+A ``selection:`` block chooses every trained method's lr on validation data instead of
+taking it from ``method_config`` (see ``SelectionSpec`` and ``bench/selection.py``)::
+
+    selection:
+      lr_factors: [0.316, 1, 3.16, 10]   # × each method's own default lr
+      rule: max                          # highest validation score; a tie goes to the smaller lr
+      pilot: {shots: 16, seed: 1}        # the cell each choice is made at (default: largest shots, first seed)
+
 ``datasets``, ``backbone`` and ``pretrained`` may name environment variables as
 ``${NAME}``, so that one recipe serves every machine (``bench-coop-vitb16.yaml`` reads
 ``${CLIP}`` and ``${DATA}``); the cells store the expanded paths.
@@ -43,10 +51,43 @@ from tunebench.config import (
     load_settings_yaml,
     method_config,
     task_config,
+    typed_value,
 )
 from tunebench.errors import ConfigError
 from tunebench.methods.base import merge_variant
 from tunebench.registry import TASKS
+
+SELECTION_RULES = ("max",)  # max: the highest validation score; a tie goes to the smaller lr
+
+
+@dataclass(frozen=True)
+class SelectionSpec:
+    """How a sweep chooses each trained method's lr: the same grid, rule and pilot cell
+    for every method, scored on the task's validation split (never on test data)."""
+
+    lr_factors: list = field(default_factory=lambda: [0.316, 1, 3.16, 10], metadata={
+        "help": "the grid, as multiples of each method's own default lr (its config class)"})
+    rule: str = field(default="max", metadata={"help": "max: highest validation score, a tie to the smaller lr"})
+    pilot: dict = field(default_factory=dict, metadata={
+        "help": "{shots, seed} of the one cell per dataset x method where the choice is made "
+                "(default: the sweep's largest shots, its first seed)"})
+
+    def __post_init__(self) -> None:
+        if not self.lr_factors:
+            raise ConfigError("selection.lr_factors is empty: give the grid, e.g. [0.316, 1, 3.16, 10]")
+        factors = [typed_value(f, float, "selection.lr_factors") for f in self.lr_factors]
+        if any(f <= 0 for f in factors):
+            raise ConfigError(f"selection.lr_factors must all be > 0 (multiples of the default lr), got {factors}")
+        if len(set(factors)) < len(factors):
+            raise ConfigError(f"selection.lr_factors repeats a value: {factors}")
+        object.__setattr__(self, "lr_factors", sorted(factors))
+        if self.rule not in SELECTION_RULES:
+            raise ConfigError(f"selection.rule must be one of {', '.join(SELECTION_RULES)}, got {self.rule!r}")
+        unknown = sorted(set(self.pilot) - {"shots", "seed"})
+        if unknown:
+            raise ConfigError(f"selection.pilot takes shots and seed, not {unknown}")
+        if "shots" in self.pilot and not (is_integer(self.pilot["shots"]) and self.pilot["shots"] >= 1):
+            raise ConfigError(f"selection.pilot.shots must be a whole number >= 1, got {self.pilot['shots']!r}")
 
 
 @dataclass(frozen=True)
@@ -64,6 +105,8 @@ class SweepConfig:
     description: str = ""
     # The prompt information every method starts from (config.INITS); one for the sweep.
     init: str = "single"
+    # How trained methods' lrs are chosen on validation data (SelectionSpec); None: as set.
+    selection: dict | None = None
 
     def __post_init__(self) -> None:
         for name in ("datasets", "methods", "shots", "seeds"):
@@ -84,6 +127,27 @@ class SweepConfig:
             raise ConfigError(f"method_config names methods not in 'methods': {stray}")
         if not self.backbones or not all(isinstance(b, str) and b for b in self.backbones):
             raise ConfigError(f"'backbone' must be a name or a non-empty list of names, got {self.backbone!r}")
+        if self.selection is not None:
+            self.selection_spec  # noqa: B018 -- a bad block stops here, in one line
+            for method, values in self.method_config.items():
+                if "lr" in (values or {}):
+                    raise ConfigError(f"method_config.{method} sets lr, but the selection: block chooses every "
+                                      "trained method's lr on validation data: remove the lr (or the block)")
+
+    @property
+    def selection_spec(self) -> SelectionSpec | None:
+        """The ``selection:`` block with its defaults filled in; None without one."""
+        if self.selection is None:
+            return None
+        spec = build_dataclass(SelectionSpec, self.selection, "selection")
+        pilot = {"shots": max(self.shots), "seed": self.seeds[0], **spec.pilot}
+        if pilot["shots"] not in self.shots:
+            raise ConfigError(f"selection.pilot.shots is {pilot['shots']}, which the sweep does not run: "
+                              f"pick one of shots {self.shots}")
+        if not is_seed(pilot["seed"]):
+            raise ConfigError(f"selection.pilot.seed must be a whole number from 0 to {SEED_LIMIT - 1}, "
+                              f"got {pilot['seed']!r}")
+        return dataclasses.replace(spec, pilot=pilot)
 
     @property
     def backbones(self) -> list[str]:
@@ -133,8 +197,16 @@ def _with_environment(value, path: Path):
     return _VARIABLE.sub(lookup, value)
 
 
-def expand(sweep: SweepConfig) -> list[RunConfig]:
-    """All cells, in a stable order. Methods that use no training data run once per dataset."""
+# A selection choice is made per backbone, dataset and method (variant).
+ChoiceKey = tuple[str, str, str]
+
+
+def expand(sweep: SweepConfig, choices: dict[ChoiceKey, dict] | None = None) -> list[RunConfig]:
+    """All cells, in a stable order. Methods that use no training data run once per dataset.
+
+    With a ``selection:`` block a trained method's cells take their lr from ``choices``
+    (``bench/selection.py``: ``chosen`` is the lr, the whole dict the cells'
+    ``selection``); cells whose choice is not made yet are left out."""
     train = build_dataclass(TrainConfig, sweep.train, "train")
     task_settings = task_config(TASKS.get(sweep.task), sweep.task_config)
     cells = []
@@ -144,12 +216,18 @@ def expand(sweep: SweepConfig) -> list[RunConfig]:
             method_cls, settings = resolved_method_settings(sweep, method)
             grid = [(s, seed) for s in sweep.shots for seed in sweep.seeds] if method_cls.trains else [(0, 0)]
             for dataset in sweep.datasets:
+                chosen = None
+                if sweep.selection is not None and method_cls.trains:
+                    chosen = (choices or {}).get((backbone, dataset, method))
+                    if chosen is None:
+                        continue
+                lr = {} if chosen is None else {"lr": chosen["chosen"]}
                 for shots, seed in grid:
                     cells.append(RunConfig(
                         task=sweep.task, dataset=dataset, method=method, backbone=backbone,
-                        shots=shots, seed=seed, train=train, method_config=dict(settings),
+                        shots=shots, seed=seed, train=train, method_config={**settings, **lr},
                         pretrained=sweep.pretrained, backbone_version=version,
-                        task_config=dict(task_settings), init=sweep.init,
+                        task_config=dict(task_settings), init=sweep.init, selection=chosen,
                     ))
     return cells
 

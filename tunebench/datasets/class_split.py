@@ -50,6 +50,8 @@ def class_subset(dataset: ClassificationDataset, classes: range, name: str) -> C
     return ClassificationDataset(
         name=name, classnames=tuple(dataset.classnames[c] for c in classes), templates=dataset.templates,
         train=part(dataset.train), test=part(dataset.test), native_size=dataset.native_size,
+        # The published validation list goes along, so that the subset holds no train images out.
+        val=None if dataset.val is None else part(dataset.val),
     )
 
 

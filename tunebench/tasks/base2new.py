@@ -33,6 +33,8 @@ class BaseToNew(FewShotClassification):
                "classes, score base and unseen new classes; metrics: base, new, H")
     hooks = FewShotClassification.hooks | {"new_class_scorer"}  # the new half: by name alone
     curve_keys = ("base", "new", "h")
+    # Selection scores base-class validation images only: the new classes stay unseen.
+    selection_metric = "base"
 
     def validate(self, config: RunConfig) -> None:
         super().validate(config)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from tunebench.config import RunConfig, TrainConfig
 from tunebench.datasets import ClassificationDataset, fewshot_indices, load_dataset, test_indices
-from tunebench.datasets.fewshot import check_shots
+from tunebench.datasets.fewshot import check_shots, check_validation_room, validation_indices
 from tunebench.engine.checkpoints import Checkpoints, QualityCurve, wants_curve
 from tunebench.engine.feature_file import FeatureRows
 from tunebench.engine.features import FeatureCache, encode_rows
@@ -61,6 +62,8 @@ class FewShotClassification:
                        "scorer", "head", "logit_scale"})
     # The metrics kept at each quality checkpoint (``metrics["curve"]``): the headline.
     curve_keys: tuple[str, ...] = ("top1",)
+    # The higher-is-better metric that lr selection reads from a validation run's metrics.
+    selection_metric: ClassVar[str] = "top1"
 
     def training_classes(self, dataset: ClassificationDataset) -> TrainingClasses:
         return TrainingClasses(dataset)
@@ -71,6 +74,25 @@ class FewShotClassification:
         correct = count_correct(adapter, adapter.scorer, features, labels, config, device)
         return {"top1": correct / len(labels), "num_classes": dataset.num_classes, "test_images": len(labels)}
 
+    def validation_images(self, dataset: ClassificationDataset, classes: TrainingClasses,
+                          per_class: int) -> tuple[str, np.ndarray]:
+        """Where a validation run is scored: ("val" or "train", indices into that split of
+        ``dataset``), the training classes' images only (see ``datasets.fewshot``)."""
+        split, indices = validation_indices(dataset, per_class)
+        source = dataset.val if split == "val" else dataset.train
+        # The training classes are the dataset's first pool.num_classes labels in order (all
+        # of them, or base2new's base half), so their labels read the same in both.
+        return split, indices[source.labels[indices] < classes.pool.num_classes]
+
+    def validation_score(self, adapter: MethodAdapter, features: torch.Tensor | FeatureRows,
+                         labels: torch.Tensor, classes: TrainingClasses, config: RunConfig,
+                         device: torch.device) -> dict:
+        """Top-1 among the training classes over their validation images, under the key
+        ``selection_metric`` names (base2new: ``base``; its new classes stay unseen)."""
+        correct = count_correct(adapter, adapter.scorer, features, labels, config, device)
+        return {self.selection_metric: correct / len(labels), "num_classes": classes.pool.num_classes,
+                "validation_images": len(labels)}
+
     def validate(self, config: RunConfig) -> None:
         refuse_detectors(config)
         dataset = load_dataset(config.dataset)  # unknown dataset or missing data fails here, early
@@ -79,8 +101,9 @@ class FewShotClassification:
                               f"imagefolder:PATH); {config.dataset!r} is not one")
         method_cls, _ = method_and_settings(config)
         classes = self.training_classes(dataset)
-        if method_cls.trains:
-            check_shots(classes.pool, config.shots)  # K over a class's images: one line, before any cell
+        if method_cls.trains:  # one line, before any cell:
+            check_shots(classes.pool, config.shots)  # K over a class's images
+            check_validation_room(classes.pool, config.shots, config.train.val_per_class)  # K + validation
 
     def run(self, config: RunConfig, context: TaskContext) -> TaskResult:
         dataset = load_dataset(config.dataset)
@@ -94,19 +117,27 @@ class FewShotClassification:
         pixels = backbone.image_tower_trains()
         cache_seconds_before = context.features.seconds_computing
 
-        test_idx = test_indices(dataset, train_cfg.test_per_class)
-        test_labels = torch.from_numpy(dataset.test.labels[test_idx])
-        # Frozen towers: test features stay on disk and are scored a batch at a time (see
-        # count_correct); fetched before training, so that checkpoints can score on them.
-        test_features = None if pixels else _cached(context.features, backbone, dataset, "test", test_idx,
+        # Selection trials are scored on validation images, final runs on the test subset.
+        validating = config.eval_split == "validation"
+        if validating:
+            split, eval_idx = self.validation_images(dataset, classes, train_cfg.val_per_class)
+        else:
+            split, eval_idx = "test", test_indices(dataset, train_cfg.test_per_class)
+        source = _source(dataset, split)
+        eval_labels = torch.from_numpy(source.labels[eval_idx])
+        # Frozen towers: evaluation features stay on disk and are scored a batch at a time
+        # (see count_correct); fetched before training, so that checkpoints can score on them.
+        eval_features = None if pixels else _cached(context.features, backbone, dataset, split, eval_idx,
                                                     config, device)
 
         def score() -> dict:
-            # A tuned tower must encode the test split itself at every scoring: evaluation cost.
-            features = test_features if not pixels else encode_rows(
-                backbone, dataset.test, test_idx, image_size=train_cfg.image_size,
+            # A tuned tower must encode the images itself at every scoring: evaluation cost.
+            features = eval_features if not pixels else encode_rows(
+                backbone, source, eval_idx, image_size=train_cfg.image_size,
                 device=device, batch_size=train_cfg.eval_batch_size)
-            return self.score(adapter, features, test_labels, dataset, config, device)
+            if validating:
+                return self.validation_score(adapter, features, eval_labels, classes, config, device)
+            return self.score(adapter, features, eval_labels, dataset, config, device)
 
         timing_only = getattr(backbone, "timing_only", False)
         curve = QualityCurve(score, self.curve_keys, train_clock=train_watch, eval_clock=eval_watch) \
@@ -114,7 +145,8 @@ class FewShotClassification:
 
         outcome = None
         if method_cls.trains:
-            drawn = fewshot_indices(classes.pool, config.shots, config.seed)
+            drawn = fewshot_indices(classes.pool, config.shots, config.seed,
+                                    val_per_class=train_cfg.val_per_class)
             labels = torch.from_numpy(classes.pool.train.labels[drawn])
             train_idx = drawn if classes.positions is None else classes.positions[drawn]
             if pixels:
@@ -204,10 +236,13 @@ def train_classifier(
                         step_seconds=run.median_step_seconds)
 
 
+def _source(dataset: ClassificationDataset, split: str):
+    return {"train": dataset.train, "val": dataset.val, "test": dataset.test}[split]
+
+
 def _cached(cache: FeatureCache, backbone, dataset, split, indices, config: RunConfig, device) -> FeatureRows:
-    source = dataset.train if split == "train" else dataset.test
     return cache.rows(
-        backbone, source, indices, dataset=dataset.name, split=split,
+        backbone, _source(dataset, split), indices, dataset=dataset.name, split=split,
         image_size=config.train.image_size, device=device, batch_size=config.train.eval_batch_size,
     )
 
