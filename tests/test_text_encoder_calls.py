@@ -15,6 +15,7 @@ import dataclasses
 import pytest
 import torch
 
+import tunebench.engine.checkpoints
 import tunebench.engine.training
 from tunebench.config import RunConfig, TrainConfig, method_config, task_config
 from tunebench.datasets import load_dataset
@@ -129,6 +130,15 @@ class Steps:
         self._optimizer_step = tunebench.engine.training.optimizer_step
         monkeypatch.setattr(tunebench.engine.training, "progress", self.progress)  # every task's loop
         monkeypatch.setattr(tunebench.engine.training, "optimizer_step", self.optimizer_step)
+        # A quality checkpoint scores between steps (train clock paused): evaluation, not a
+        # step's cost, so the count of the step that follows starts after it.
+        scoring = tunebench.engine.checkpoints.Checkpoints.run
+
+        def run_then_restart(checkpoints, step):
+            scoring(checkpoints, step)
+            self._start = self._now()
+
+        monkeypatch.setattr(tunebench.engine.checkpoints.Checkpoints, "run", run_then_restart)
 
     def _now(self) -> tuple[int, int, int]:
         return self.passes.forwards, self.passes.backwards, len(self.passes.rows)
