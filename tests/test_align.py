@@ -127,9 +127,9 @@ def test_presets_trainable_counts_grow_along_the_ladder(tiny_backbone):
 
 
 def test_pretrained_lr_splits_tower_weights_from_new_parts(tiny_backbone):
-    adapter = make_lit(tiny_backbone, "lit", lr=1e-3, pretrained_lr=1e-5)
+    adapter = make_lit(tiny_backbone, "lit", lr=1e-3, pretrained_lr_scale=0.01)
     groups = adapter.optimizer_groups()
-    assert [g["lr"] for g in groups] == [1e-3, 1e-5]
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3, 1e-5])
     new_ids = {id(p) for p in groups[0]["params"]}
     assert id(tiny_backbone.text_projection.weight) in new_ids
     assert all(id(p) not in new_ids for p in tiny_backbone.text_tower.parameters())
@@ -149,7 +149,7 @@ def test_sweep_variants_merge_settings_and_backbone_lists():
     sweep = SweepConfig(
         task="align", datasets=["tiny-scenes"], methods=["zero-shot", "lit:projection", "lit:all"],
         shots=[40], seeds=[1, 2], backbone=["tiny-clip", "tiny-clip"],
-        method_config={"lit": {"lr": 0.01}, "lit:all": {"pretrained_lr": 0.001}},
+        method_config={"lit": {"lr": 0.01}, "lit:all": {"pretrained_lr_scale": 0.1}},
         task_config={"zero_shot_datasets": ["tiny-shapes"]},
     )
     cells = expand(sweep)
@@ -157,8 +157,8 @@ def test_sweep_variants_merge_settings_and_backbone_lists():
     by_method = {c.method: c for c in cells}
     assert by_method["lit:all"].method_config["preset"] == "all"
     assert by_method["lit:all"].method_config["lr"] == 0.01
-    assert by_method["lit:all"].method_config["pretrained_lr"] == 0.001
-    assert by_method["lit:projection"].method_config["pretrained_lr"] is None
+    assert by_method["lit:all"].method_config["pretrained_lr_scale"] == 0.1
+    assert by_method["lit:projection"].method_config["pretrained_lr_scale"] == 1.0
     assert by_method["zero-shot"].task_config["zero_shot_datasets"] == ["tiny-shapes"]
     with pytest.raises(ConfigError, match="sets preset"):
         expand(dataclasses.replace(sweep, method_config={"lit:all": {"preset": "lit"}}))

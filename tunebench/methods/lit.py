@@ -11,7 +11,7 @@ The presets are the unfreezing ladder of the LilT study: ``projection`` (both to
 frozen), then + ``layernorm``, + ``bias`` (BitFit), + ``attention``, ``lilt``
 (bottlenecks + LayerNorms), ``lit`` (locked image, free text tower) and
 ``all`` (everything, CLIP-style). Pretrained tower weights may take a smaller learning
-rate than the new parts (``pretrained_lr``): projections and bottlenecks start random
+rate than the new parts (``pretrained_lr_scale`` × lr): projections and bottlenecks start random
 or at zero, while a pretrained encoder is easily pushed off what it knows.
 """
 
@@ -63,8 +63,10 @@ class LitConfig(MethodConfig):
     # The name predates the group's rename; it stays because it is in every stored lit
     # cell's config, whose hash it is part of.
     adapter_reduction: int = hyperparameter(4, "bottleneck width = text width / reduction")
-    pretrained_lr: float | None = hyperparameter(
-        None, "learning rate for pretrained tower weights (null: same as lr); projections, bottlenecks use lr")
+    # A multiple of lr, not a rate of its own: lr selection scales both together, so the
+    # one chosen number sets the new parts' rate and the pretrained weights' rate.
+    pretrained_lr_scale: float = hyperparameter(
+        1.0, "pretrained tower weights train at lr x this (e.g. 0.1); projections and bottlenecks use lr")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -77,8 +79,8 @@ class LitConfig(MethodConfig):
             raise ValueError(f"unknown groups {sorted(unknown)}; valid: {', '.join(KNOWN_GROUPS)}")
         if self.adapter_reduction < 1:
             raise ValueError("adapter_reduction must be >= 1")
-        if self.pretrained_lr is not None and not self.pretrained_lr > 0:
-            raise ValueError(f"pretrained_lr must be positive or null, got {self.pretrained_lr}")
+        if not self.pretrained_lr_scale > 0:
+            raise ValueError(f"pretrained_lr_scale must be positive, got {self.pretrained_lr_scale}")
         named = {"image_tower", "image_norm"} & set(self.resolved_groups)
         if self.lock_image_tower and named:
             raise ValueError(f"the groups name {sorted(named)} but lock_image_tower is true: drop one")
@@ -179,7 +181,7 @@ class Lit(MethodAdapter):
         return self.score_with(start_embeddings(self.backbone, classes))
 
     def optimizer_groups(self) -> list[dict]:
-        if self.config.pretrained_lr is None:
+        if self.config.pretrained_lr_scale == 1:
             return super().optimizer_groups()
         # Pretrained weights: both towers, and a built detector's parts.
         towers = ("backbone.image_tower.", "backbone.text_tower.", "backbone.detector.")
@@ -188,5 +190,6 @@ class Lit(MethodAdapter):
             (pretrained if name.startswith(towers) else new).append(parameter)
         decay = self.config.weight_decay
         groups = [{"params": new, "lr": self.config.lr, "weight_decay": decay},
-                  {"params": pretrained, "lr": self.config.pretrained_lr, "weight_decay": decay}]
+                  {"params": pretrained, "lr": self.config.lr * self.config.pretrained_lr_scale,
+                   "weight_decay": decay}]
         return [g for g in groups if g["params"]]
