@@ -184,3 +184,20 @@ def test_human_count() -> None:
 def test_report_does_not_import_torch() -> None:
     code = "import sys, tunebench.report.build; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_fairness_on_the_record_counts_starts_selections_and_older_runs(tmp_path: Path) -> None:
+    """The report says, per task, which start the runs shared, how many had their lr chosen
+    on validation data, and how many predate the protocol (no init in their config)."""
+    runs_dir = tmp_path / "results" / "runs"
+    runs_dir.mkdir(parents=True)
+    chosen = {"grid": [1e-3, 3e-3], "scores": [0.5, 0.6], "chosen": 3e-3, "score": 0.6, "split": "validation"}
+    runs = [run_record("fashion-mnist", "zero-shot", 0, 0, 0.5, config={"init": "single"}),
+            run_record("fashion-mnist", "cones", 1, 1, 0.6, config={"init": "single"}, selection=chosen),
+            run_record("fashion-mnist", "cones", 1, 2, 0.6, config={})]  # made before the protocol
+    for run in runs:
+        run["config_hash"] += "-" + str(len(run["config"]))
+        (runs_dir / f"{run['config_hash']}.json").write_text(json.dumps(run))
+    text = build_report(tmp_path / "results").report_md.read_text()
+    assert "| fewshot-cls | 3 | single | 1 | 1 |" in text
+    assert "1 run(s) predate that protocol" in text

@@ -12,7 +12,7 @@ import yaml
 from tunebench.bench.cli import main
 from tunebench.bench.runner import Runner, SweepSummary
 from tunebench.bench.selection import choose, plan_selection, run_selection, selection_store
-from tunebench.bench.sweep import load_sweep
+from tunebench.bench.sweep import expand, load_sweep
 from tunebench.config import RunConfig, TrainConfig
 from tunebench.datasets import fewshot_indices, load_dataset
 from tunebench.datasets.class_split import split_base_new
@@ -208,8 +208,10 @@ def test_bench_runs_selection_first_and_final_records_carry_it(tmp_path, capsys)
         ({"selection": {"pilot": {"shots": 16}}}, "selection.pilot.shots is 16, which the sweep does not run"),
         ({"method_config": {"cones": {"lr": 0.01}}}, "method_config.cones sets lr"),
         ({"train": {**TINY_TRAIN, "val_per_class": 23}}, "held out for validation"),
+        ({"selection": {"pilot": {"dataset": "fashion-mnist"}}}, "selection.pilot.dataset is 'fashion-mnist'"),
     ],
-    ids=["empty-grid", "zero-factor", "negative-factor", "unknown-rule", "pilot-shots", "lr-set", "class-too-small"],
+    ids=["empty-grid", "zero-factor", "negative-factor", "unknown-rule", "pilot-shots", "lr-set", "class-too-small",
+         "pilot-dataset"],
 )
 @pytest.mark.parametrize("command", ["select", "bench"])
 def test_bad_selection_input_is_one_line_and_writes_nothing(tmp_path, capsys, overrides, message, command):
@@ -244,3 +246,21 @@ def test_a_bare_selection_block_takes_the_defaults(tmp_path):
     assert plan.spec.pilot == {"shots": 2, "seed": 1}
     for cells in plan.trials.values():
         assert all(c.eval_split == "validation" and not c.train.save_artifacts for c in cells)
+
+
+def test_a_pilot_dataset_makes_one_choice_per_method_that_every_dataset_uses(tmp_path):
+    """pilot.dataset: the trials run on that dataset alone, and every dataset's final cells
+    take its choice (and record it, pilot included)."""
+    load_all()
+    sweep = load_sweep(write_sweep(tmp_path / "sweep.yaml", datasets=["tiny-shapes", "synthetic:3"],
+                                   selection={"lr_factors": [0.5, 2], "pilot": {"dataset": "tiny-shapes"}}))
+    plan = plan_selection(sweep)
+    assert {key[1] for key in plan.trials} == {"tiny-shapes"}
+    assert len(plan.cells) == 2 * 2  # cones and linear-probe, 2 lrs each
+    choices = {key: {"chosen": cells[1].method_config["lr"], "pilot": sweep.selection_spec.pilot}
+               for key, cells in plan.trials.items()}
+    finals = [c for c in expand(sweep, choices) if c.method == "cones"]
+    assert {c.dataset for c in finals} == {"tiny-shapes", "synthetic:3"}
+    assert {c.method_config["lr"] for c in finals} == {plan.trials[("tiny-clip", "tiny-shapes", "cones")][1]
+                                                       .method_config["lr"]}
+    assert all(c.selection["pilot"]["dataset"] == "tiny-shapes" for c in finals)

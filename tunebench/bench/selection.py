@@ -73,8 +73,9 @@ def plan_selection(sweep: SweepConfig) -> SelectionPlan | None:
     if metric is None:
         raise ConfigError(f"task {sweep.task} has no validation split to select on yet: remove the "
                           "selection: block and set each method's lr in method_config")
+    datasets = [spec.pilot["dataset"]] if "dataset" in spec.pilot else sweep.datasets
     pilot = expand(dataclasses.replace(sweep, shots=[spec.pilot["shots"]], seeds=[spec.pilot["seed"]],
-                                       selection=None))
+                                       datasets=datasets, selection=None))
     trials: dict[ChoiceKey, list[RunConfig]] = {}
     for cell in pilot:
         method_cls, settings = resolved_method_settings(sweep, cell.method)

@@ -23,7 +23,8 @@ taking it from ``method_config`` (see ``SelectionSpec`` and ``bench/selection.py
     selection:
       lr_factors: [0.316, 1, 3.16, 10]   # × each method's own default lr
       rule: max                          # highest validation score; a tie goes to the smaller lr
-      pilot: {shots: 16, seed: 1}        # the cell each choice is made at (default: largest shots, first seed)
+      pilot: {shots: 16, seed: 1}        # the cell each choice is made at (default: largest shots, first seed);
+                                         # add dataset: NAME for one choice per method, made there, used everywhere
 
 ``datasets``, ``backbone`` and ``pretrained`` may name environment variables as
 ``${NAME}``, so that one recipe serves every machine (``bench-coop-vitb16.yaml`` reads
@@ -70,7 +71,8 @@ class SelectionSpec:
     rule: str = field(default="max", metadata={"help": "max: highest validation score, a tie to the smaller lr"})
     pilot: dict = field(default_factory=dict, metadata={
         "help": "{shots, seed} of the one cell per dataset x method where the choice is made "
-                "(default: the sweep's largest shots, its first seed)"})
+                "(default: the sweep's largest shots, its first seed); with dataset, one cell per "
+                "method on that dataset, whose choice every dataset uses"})
 
     def __post_init__(self) -> None:
         if not self.lr_factors:
@@ -83,9 +85,9 @@ class SelectionSpec:
         object.__setattr__(self, "lr_factors", sorted(factors))
         if self.rule not in SELECTION_RULES:
             raise ConfigError(f"selection.rule must be one of {', '.join(SELECTION_RULES)}, got {self.rule!r}")
-        unknown = sorted(set(self.pilot) - {"shots", "seed"})
+        unknown = sorted(set(self.pilot) - {"shots", "seed", "dataset"})
         if unknown:
-            raise ConfigError(f"selection.pilot takes shots and seed, not {unknown}")
+            raise ConfigError(f"selection.pilot takes shots, seed and dataset, not {unknown}")
         if "shots" in self.pilot and not (is_integer(self.pilot["shots"]) and self.pilot["shots"] >= 1):
             raise ConfigError(f"selection.pilot.shots must be a whole number >= 1, got {self.pilot['shots']!r}")
 
@@ -147,6 +149,9 @@ class SweepConfig:
         if not is_seed(pilot["seed"]):
             raise ConfigError(f"selection.pilot.seed must be a whole number from 0 to {SEED_LIMIT - 1}, "
                               f"got {pilot['seed']!r}")
+        if "dataset" in pilot and pilot["dataset"] not in self.datasets:
+            raise ConfigError(f"selection.pilot.dataset is {pilot['dataset']!r}, which the sweep does not run: "
+                              f"use one of {', '.join(self.datasets)}")
         return dataclasses.replace(spec, pilot=pilot)
 
     @property
@@ -218,7 +223,9 @@ def expand(sweep: SweepConfig, choices: dict[ChoiceKey, dict] | None = None) -> 
             for dataset in sweep.datasets:
                 chosen = None
                 if sweep.selection is not None and method_cls.trains:
-                    chosen = (choices or {}).get((backbone, dataset, method))
+                    # With a pilot dataset, its choice serves every dataset of the sweep.
+                    where = sweep.selection_spec.pilot.get("dataset", dataset)
+                    chosen = (choices or {}).get((backbone, where, method))
                     if chosen is None:
                         continue
                 lr = {} if chosen is None else {"lr": chosen["chosen"]}
