@@ -201,3 +201,23 @@ def test_fairness_on_the_record_counts_starts_selections_and_older_runs(tmp_path
     text = build_report(tmp_path / "results").report_md.read_text()
     assert "| fewshot-cls | 3 | single | 1 | 1 |" in text
     assert "1 run(s) predate that protocol" in text
+
+
+def test_a_cell_counts_once_protocol_runs_supersede_older_ones_and_the_newest_wins(tmp_path: Path) -> None:
+    """Two records of one cell never both count: a run under the fair protocol replaces one
+    made before it, and of two protocol runs (another lr choice) the newest counts."""
+    runs_dir = tmp_path / "results" / "runs"
+    runs_dir.mkdir(parents=True)
+    protocol = {"init": "single", "train": {"steps": 10}}
+    runs = [run_record("fashion-mnist", "cones", 1, 1, 0.10, config={"train": {"steps": 10}}),  # before
+            run_record("fashion-mnist", "cones", 1, 1, 0.50, config=protocol, finished_at="2026-01-01T00:00:00"),
+            run_record("fashion-mnist", "cones", 1, 1, 0.70, config=protocol, finished_at="2026-02-01T00:00:00"),
+            run_record("fashion-mnist", "cones", 1, 2, 0.90, config=protocol, finished_at="2026-01-01T00:00:00")]
+    for index, run in enumerate(runs):
+        run["config_hash"] = f"h{index}"
+        (runs_dir / f"h{index}.json").write_text(json.dumps(run))
+    build_report(tmp_path / "results")
+    [row] = [r for r in summary_rows(tmp_path / "results") if r["method"] == "cones"]
+    assert row["n_seeds"] == "2" and float(row["top1_mean"]) == pytest.approx(0.8)  # seeds 1 (0.70) and 2
+    text = (tmp_path / "results" / "report.md").read_text()
+    assert "h0: made before the fair protocol" in text and "h1: an older run of the same cell" in text

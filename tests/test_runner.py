@@ -191,3 +191,27 @@ def test_list_prints_one_name_per_line(capsys):
     assert main(["list", "methods"]) == 0
     names = capsys.readouterr().out.split()
     assert {"cones", "coop", "textual-inversion", "lit", "full-ft", "zero-shot", "linear-probe"} <= set(names)
+
+
+def test_a_skipped_cell_records_the_selection_that_chose_it_now(tmp_path):
+    """A finished cell met again under another selection that chose the same lr (the same
+    hash) keeps its result; its record's selection is brought up to date."""
+    from tunebench.bench.runner import refresh_selection
+    from tunebench.bench.store import RunStore
+    from tunebench.config import RunConfig
+
+    store = RunStore(tmp_path / "results")
+    old = {"grid": [1e-3, 1e-2], "chosen": 1e-2, "split": "validation", "pilot": {"shots": 4, "seed": 1}}
+    new = {**old, "pilot": {"dataset": "tiny-shapes", "shots": 4, "seed": 1}}
+    config = RunConfig(task="fewshot-cls", dataset="tiny-shapes", method="cones", backbone="tiny-clip",
+                       shots=4, seed=1, selection=new)
+    record = {"task": "fewshot-cls", "dataset": "tiny-shapes", "method": "cones", "backbone": "tiny-clip",
+              "shots": 4, "seed": 1, "status": "ok", "error": None, "config_hash": config.config_hash,
+              "train_seconds": 1.0, "eval_seconds": 0.1, "trainable_params": 1, "total_params": 2,
+              "peak_memory_mb": 1.0, "images_per_second": None, "metrics": {"top1": 0.5}, "env": {},
+              "selection": old, "config": {**config.to_dict(), "selection": old}}
+    store.write(record)
+    refresh_selection(store, config)
+    stored = store.read(config.config_hash)
+    assert stored["selection"] == new and stored["config"]["selection"] == new
+    assert stored["metrics"] == {"top1": 0.5}

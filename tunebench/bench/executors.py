@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunebench.bench.runner import SweepSummary, describe_error, unique_cells
+from tunebench.bench.runner import SweepSummary, describe_error, refresh_selection, unique_cells
 from tunebench.bench.store import RunStore
 from tunebench.bench.worker import (
     finish_cell,
@@ -162,6 +162,7 @@ def run_sweep_ray(
     todo = deque()
     for config in cells:
         if store.is_finished(config.config_hash) and not force:
+            refresh_selection(store, config)
             summary.skipped.append(config.config_hash)
         else:
             todo.append(config)

@@ -45,7 +45,7 @@ from contextlib import contextmanager
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from tunebench.bench.runner import SweepSummary, describe_error, unique_cells
+from tunebench.bench.runner import SweepSummary, describe_error, refresh_selection, unique_cells
 from tunebench.bench.store import RunStore
 from tunebench.bench.worker import (
     finish_cell,
@@ -247,6 +247,7 @@ def run_sweep_local(
     todo = []
     for config in unique_cells(configs):
         if store.is_finished(config.config_hash) and not force:
+            refresh_selection(store, config)
             summary.skipped.append(config.config_hash)
         else:
             todo.append(config)

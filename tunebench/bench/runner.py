@@ -66,6 +66,19 @@ def cell_keys(config: RunConfig) -> dict:
     }
 
 
+def refresh_selection(store: RunStore, config: RunConfig) -> None:
+    """A finished cell met again under another selection (a new grid, rule or pilot that
+    chose the same lr, so the same hash) keeps its result, but its record must say how its
+    lr was chosen now: only that provenance is rewritten. Every executor calls this for the
+    cells it skips."""
+    record = store.read(config.config_hash)
+    if record is None or record.get("selection") == config.selection:
+        return
+    record["selection"] = config.selection
+    record.setdefault("config", {})["selection"] = config.selection
+    store.write(record)
+
+
 def store_record(store: RunStore, record: dict, label: str) -> None:
     """Write a cell's record, unless it is a failed rerun of a finished cell (kept as is)."""
     if record["status"] == "failed" and store.is_finished(record["config_hash"]):
@@ -108,6 +121,7 @@ class Runner:
         """
         key = config.config_hash
         if self.store.is_finished(key) and not self.force:
+            refresh_selection(self.store, config)
             return None
         task = TASKS.get(config.task)()
         device = resolve_device(config.train.device)

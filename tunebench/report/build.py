@@ -112,7 +112,43 @@ def load_runs(runs_dir: Path, *, metric: str = "top1") -> Runs:
             (ok if run["status"] == "ok" else failed).append(_as_shown(run))
     if not ok and not failed:
         raise TunebenchError(f"none of the {len(paths)} files in {runs_dir} is a usable run result: {_RUN_HINT}")
-    return Runs(tuple(ok), tuple(failed), tuple(skipped))
+    ok, superseded = _current(ok)
+    for note in superseded:
+        print(f"warning: leaving out {note}", file=sys.stderr)
+    return Runs(tuple(ok), tuple(failed), tuple(skipped) + tuple(superseded))
+
+
+def _cell_key(run: dict) -> tuple:
+    """What one seed of one table cell is: two records with this key must not both count."""
+    train = (run.get("config") or {}).get("train") or {}
+    return (run["task"], run["dataset"], run["backbone"], run["method"], run["shots"], run["seed"],
+            train.get("steps"))
+
+
+def _current(runs: list[dict]) -> tuple[list[dict], list[str]]:
+    """The runs the tables use, and a note for each one left out. A run made under the
+    fair protocol (``init`` in its config) supersedes one of the same cell made before it,
+    and of several runs of one cell (another lr choice, another grid) the newest counts:
+    averaging them would count a seed twice and mix protocols. Selection trials
+    (``eval_split`` validation) are never results."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for run in runs:
+        groups[_cell_key(run)].append(run)
+    kept, notes = [], []
+    for key in sorted(groups, key=repr):
+        group = [r for r in groups[key] if (r.get("config") or {}).get("eval_split", "test") == "test"]
+        notes += [f"{r['config_hash']}: a selection trial, not a result" for r in groups[key] if r not in group]
+        protocol = [r for r in group if "init" in (r.get("config") or {})]
+        notes += [f"{r['config_hash']}: made before the fair protocol; superseded by a run of the same cell"
+                  for r in group if protocol and r not in protocol]
+        group = protocol or group
+        group = sorted(group, key=lambda r: (str(r.get("finished_at", "")), r["config_hash"]))
+        notes += [f"{r['config_hash']}: an older run of the same cell (seed {r['seed']}); the newest counts"
+                  for r in group[:-1]]
+        if group:
+            kept.append(group[-1])
+    order = {id(r): i for i, r in enumerate(runs)}
+    return sorted(kept, key=lambda r: order[id(r)]), sorted(notes)
 
 
 # ---- the frame around the sections ---------------------------------------------------
@@ -240,7 +276,8 @@ def _left_out(runs: Runs) -> list[str]:
                   *markdown(table, "llrrll"), ""]
     if runs.skipped:
         lines += ["## Skipped run files", "",
-                  "Not read: unreadable, from another record format, or with values out of range.", ""]
+                  "Not used: unreadable, from another record format, with values out of range, or "
+                  "superseded by another run of the same cell.", ""]
         lines += [f"- `{_md_escape(s)}`" for s in runs.skipped] + [""]
     return lines
 
