@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from tunebench.config import RunConfig, build_dataclass
 from tunebench.datasets import load_dataset
 from tunebench.datasets.detection import DetectionDataset, DetectionSplit, fewshot_images
-from tunebench.engine.checkpoints import Checkpoints, QualityCurve, wants_curve
+from tunebench.engine.checkpoints import Checkpoints, QualityCurve, eval_costs, wants_curve
 from tunebench.engine.measure import Stopwatch
 from tunebench.engine.training import (
     Optimization,
@@ -139,7 +139,7 @@ class Detect:
                                             device)
             return metrics
 
-        curve = QualityCurve(score, CURVE_KEYS, train_clock=train_watch, eval_clock=eval_watch) \
+        curve = QualityCurve(score, CURVE_KEYS, train_clock=train_watch) \
             if wants_curve(config, trains=method_cls.trains) else None
         checkpoints = None if curve is None else curve.checkpoints()
 
@@ -175,14 +175,15 @@ class Detect:
             train_objects=sum(dataset.split("train").objects_in(p) for p in positions),
             final_train_loss=None if outcome is None else round(outcome["loss"], 5),
         )
+        seconds, curve_costs = eval_costs(eval_watch, curve)
         return TaskResult(
             adapter=adapter, metrics=metrics,
-            train_seconds=train_watch.seconds, eval_seconds=eval_watch.seconds,
+            train_seconds=train_watch.seconds, eval_seconds=seconds,
             feature_seconds=cache.seconds_computing,
             steps=0 if outcome is None else outcome["steps"],
             images_seen=0 if outcome is None else outcome["images_seen"],
             image_input="pixels" if live else "cached-regions",
-            pictures=pictures,
+            pictures=pictures, extra=curve_costs,
         )
 
 
