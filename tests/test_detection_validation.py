@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import shutil
 
 import numpy as np
 import pytest
@@ -101,3 +102,21 @@ def test_a_missing_small_or_partial_validation_split_is_one_line(tmp_path, monke
     with pytest.raises(ConfigError, match="tiny-det has 12 validation images"):
         validate_cells([dataclasses.replace(_config("cones"), eval_split="validation")])
     validate_cells([_config("cones")])  # a final run does not need it
+
+
+@pytest.mark.parametrize("other", ["train", "test"])
+def test_a_validation_image_that_is_also_a_train_or_test_image_is_refused(tmp_path, monkeypatch, other):
+    """Same pixels under another name count: the copy below keeps the annotations, so only
+    hashing the images can find it; refused in one line before any cell runs."""
+    monkeypatch.setattr(detection, "MIN_VALIDATION_IMAGES", 4)
+    splits = {"train": 6, "test": 6, "validation": 8}
+    detection._check_validation_split(_folder(tmp_path / "clean", splits))  # held out: accepted
+    root = tmp_path / other
+    _folder(root, splits)
+    shutil.copyfile(root / "images" / other / "000002.png", root / "images" / "validation" / "000005.png")
+    config = dataclasses.replace(_config("zero-shot"), dataset=f"coco:{root}", eval_split="validation")
+    with pytest.raises(ConfigError, match=f"validation image 000005.png \\(id 5\\) is also {other} image "
+                                          f"000002.png \\(id 2\\); selection must score held-out") as error:
+        validate_cells([config])
+    assert "\n" not in str(error.value)
+    validate_cells([dataclasses.replace(config, eval_split="test")])  # a final run reads no validation images

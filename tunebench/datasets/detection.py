@@ -9,8 +9,10 @@ On disk, which is what ``coco:PATH`` reads and what the generated sets are writt
 Splits: ``train`` (the pool that few-shot images are drawn from), ``test``, and
 optionally ``base`` (images with base-class objects only, on which a detector is
 built) and ``validation`` (held-out images that hyper-parameter selection scores on;
-its images must be in neither ``train`` nor ``test``). A category may say ``"split": "base"``; every other category is *novel*: the
-classes the tuning methods are compared on. Extra keys are ignored by COCO tools.
+its images must be in neither ``train`` nor ``test``: a selection trial compares their
+pixels' hashes before it runs). A category may say ``"split": "base"``; every other
+category is *novel*: the classes the tuning methods are compared on. Extra keys are
+ignored by COCO tools.
 
 Generated sets (built once into the cache, then read like any ``coco:`` folder):
 
@@ -105,6 +107,7 @@ class DetectionSplit:
             by_image[ann["image_id"]].append(ann)
         self._annotations = [by_image[im["id"]] for im in self.images]
         self._pixels: dict[int, np.ndarray] = {}
+        self._hashes: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -116,6 +119,24 @@ class DetectionSplit:
         """(H, W, 3) uint8 RGB; decoded once, then kept (up to PIXEL_CACHE_IMAGES)."""
         if position in self._pixels:
             return self._pixels[position]
+        pixels = self._decode(position)
+        if len(self._pixels) < PIXEL_CACHE_IMAGES:
+            self._pixels[position] = pixels
+        return pixels
+
+    def image_hashes(self) -> list[str]:
+        """sha256 of each image's decoded pixels, by position: what "the same image" means
+        when splits must not share one. Computed once; decoding here fills no pixel cache
+        (a large train split would not fit)."""
+        if self._hashes is None:
+            self._hashes = [hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+                            for pixels in map(self._peek, range(len(self)))]
+        return self._hashes
+
+    def _peek(self, position: int) -> np.ndarray:
+        return self._pixels[position] if position in self._pixels else self._decode(position)
+
+    def _decode(self, position: int) -> np.ndarray:
         info = self.images[position]
         path = self.image_dir / info["file_name"]
         try:
@@ -129,8 +150,6 @@ class DetectionSplit:
         if pixels.shape[:2] != (int(info["height"]), int(info["width"])):
             raise DataError(f"{path} is {pixels.shape[1]}x{pixels.shape[0]} px but its annotation says "
                             f"{info['width']}x{info['height']}: re-export the image or fix width/height")
-        if len(self._pixels) < PIXEL_CACHE_IMAGES:
-            self._pixels[position] = pixels
         return pixels
 
     def labels_in(self, position: int) -> set[int]:

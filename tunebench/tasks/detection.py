@@ -189,7 +189,8 @@ class Detect:
 
 def _check_validation_split(dataset: DetectionDataset) -> None:
     """A selection trial needs held-out images, enough of them, and every class in them
-    (a class without a ground-truth object has no AP)."""
+    (a class without a ground-truth object has no AP); the images themselves are checked
+    last, since that reads every train and test image."""
     if "validation" not in dataset.splits:
         raise ConfigError(f"{dataset.name} has no validation split for selection: add "
                           f"{dataset.root}/annotations/validation.json (images in neither train nor test)")
@@ -202,6 +203,26 @@ def _check_validation_split(dataset: DetectionDataset) -> None:
     if absent:
         raise ConfigError(f"{dataset.name}: no validation image holds {', '.join(map(repr, absent))}; "
                           f"selection needs every class there: annotate some")
+    _check_held_out(dataset, validation)
+
+
+def _check_held_out(dataset: DetectionDataset, validation: DetectionSplit) -> None:
+    """No validation image may also be a train or test image (same pixels, whatever its
+    file name): a trial scored on images it tuned on, or on the test images, would choose
+    the lr for what the final runs are then judged on."""
+    seen = {name: {digest: p for p, digest in enumerate(dataset.split(name).image_hashes())}
+            for name in ("train", "test")}
+    for position, digest in enumerate(validation.image_hashes()):
+        for name, where in seen.items():
+            if digest in where:
+                raise ConfigError(
+                    f"{dataset.name}: validation image {_file(validation, position)} is also {name} image "
+                    f"{_file(dataset.split(name), where[digest])}; selection must score held-out images: "
+                    f"remove it from {dataset.root}/annotations/validation.json")
+
+
+def _file(split: DetectionSplit, position: int) -> str:
+    return f"{split.images[position]['file_name']} (id {split.image_id(position)})"
 
 
 def _score(adapter, regions: dict, test: DetectionSplit, positions: list[int], dataset: DetectionDataset,
