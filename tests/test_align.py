@@ -319,3 +319,4 @@ def test_align_run_records_a_retrieval_curve_ending_at_the_final_score(method, t
     assert set(curve[0]) == {"step", "train_seconds", *keys}
     assert {k: curve[-1][k] for k in keys} == {k: metrics[k] for k in keys}
     assert curve[-1]["train_seconds"] <= record["train_seconds"] + 1e-4
+    assert record["curve_eval_seconds"] > 0 and record["eval_seconds"] > 0  # the earlier points, the last

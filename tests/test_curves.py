@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tunebench.config import RunConfig, TrainConfig
-from tunebench.engine.checkpoints import Checkpoints, QualityCurve, checkpoint_steps
+from tunebench.engine.checkpoints import Checkpoints, QualityCurve, checkpoint_steps, eval_costs
 from tunebench.engine.measure import Stopwatch
 from tunebench.engine.training import Optimization
 
@@ -78,14 +78,62 @@ def test_paused_outside_measure_changes_nothing():
 
 
 def test_quality_curve_keeps_the_step_train_seconds_and_named_keys():
-    train, scoring = Stopwatch(CPU), Stopwatch(CPU)
+    train = Stopwatch(CPU)
     scores = iter([{"top1": 0.1, "other": 1}, {"top1": 0.5, "other": 2}])
-    curve = QualityCurve(lambda: next(scores), ("top1",), train_clock=train, eval_clock=scoring)
+    curve = QualityCurve(lambda: next(scores), ("top1",), train_clock=train)
     curve(0)
     curve(3)
     assert [p["step"] for p in curve.points] == [0, 3]
     assert [p["top1"] for p in curve.points] == [0.1, 0.5] and "other" not in curve.points[0]
     assert curve.final == {"top1": 0.5, "other": 2}
+
+
+SLEEP = 0.05  # seconds each scoring of a sleeping scorer takes at least
+
+
+def test_only_the_last_scoring_is_eval_seconds_the_rest_curve_eval_seconds():
+    def sleepy() -> dict:
+        time.sleep(SLEEP)
+        return {"top1": 0.5}
+
+    curve, other = QualityCurve(sleepy, ("top1",), train_clock=Stopwatch(CPU)), Stopwatch(CPU)
+    for step in (0, 1, 2, 4, 8):
+        curve(step)
+    with other.measure():  # scoring outside the curve (align's knowledge probe) stays eval
+        time.sleep(SLEEP)
+    seconds, extra = eval_costs(other, curve)
+    timed = curve.scoring_seconds
+    assert len(timed) == 5 and min(timed) >= SLEEP
+    assert seconds == pytest.approx(other.seconds + timed[-1])  # the probe and the final scoring
+    assert seconds < 4 * SLEEP  # (all five scorings would be at least 6)
+    assert set(extra) == {"curve_eval_seconds"}
+    assert extra["curve_eval_seconds"] == pytest.approx(sum(timed[:-1]), abs=1e-4)
+    assert extra["curve_eval_seconds"] >= 4 * SLEEP
+    assert eval_costs(other, None) == (other.seconds, {})  # no curve: no key
+
+
+def test_eval_seconds_is_one_scoring_for_a_trained_run_as_for_zero_shot(tmp_path, monkeypatch):
+    """A trained run scores 5 times (its curve), zero-shot once: eval_seconds holds one
+    scoring for both, and the trained run's 4 earlier ones are curve_eval_seconds."""
+    from tunebench.bench.runner import Runner
+    from tunebench.tasks.classification import FewShotClassification
+
+    scale = 0.3  # well above the tiny model's own scoring time
+    real = FewShotClassification.score
+
+    def sleepy(self, *args, **kwargs):
+        time.sleep(scale)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FewShotClassification, "score", sleepy)
+    runner = Runner(tmp_path)
+    trained, zero_shot = runner.run(_cell("cones")), runner.run(_cell("zero-shot"))
+    assert trained["status"] == zero_shot["status"] == "ok", trained.get("traceback")
+    assert len(trained["metrics"]["curve"]) == 5
+    # One sleep each (all five of the trained run's scorings would be at least 5 * scale).
+    assert scale <= trained["eval_seconds"] < 3 * scale and scale <= zero_shot["eval_seconds"] < 3 * scale
+    assert trained["curve_eval_seconds"] >= 4 * scale
+    assert "curve_eval_seconds" not in zero_shot
 
 
 # ---- classification runs ---------------------------------------------------------------

@@ -435,4 +435,6 @@ def test_detect_run_records_a_box_ap_curve_ending_at_the_final_score(method, tmp
     assert set(curve[0]) == {"step", "train_seconds", *keys}
     assert {k: curve[-1][k] for k in keys} == {k: metrics[k] for k in keys}
     assert curve[-1]["train_seconds"] <= record["train_seconds"] + 1e-4
-    assert "curve" not in Runner(tmp_path).run(_config("zero-shot"))["metrics"]
+    assert record["curve_eval_seconds"] > 0 and record["eval_seconds"] > 0  # the earlier points, the last
+    zero_shot = Runner(tmp_path).run(_config("zero-shot"))
+    assert "curve" not in zero_shot["metrics"] and "curve_eval_seconds" not in zero_shot

@@ -292,6 +292,7 @@ def test_tiny_generation_run_end_to_end(method, tmp_path):
     seconds = [p["train_seconds"] for p in metrics["curve"]]
     assert seconds == sorted(seconds) and seconds[-1] == pytest.approx(record["train_seconds"], abs=1e-3)
     assert record["eval_seconds"] > 0 and metrics["step_seconds"] > 0
+    assert record["curve_eval_seconds"] > 0  # the probes at 0 and 2 steps, apart from the final scoring
     assert metrics["text_encoder_per_step"] == (method == "textual-inversion")
     grid = tmp_path / record["pictures"]["samples"]
     assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

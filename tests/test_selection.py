@@ -264,3 +264,17 @@ def test_a_pilot_dataset_makes_one_choice_per_method_that_every_dataset_uses(tmp
     assert {c.method_config["lr"] for c in finals} == {plan.trials[("tiny-clip", "tiny-shapes", "cones")][1]
                                                        .method_config["lr"]}
     assert all(c.selection["pilot"]["dataset"] == "tiny-shapes" for c in finals)
+
+
+def test_a_pilot_dataset_reads_environment_variables_as_datasets_do(tmp_path, monkeypatch):
+    """``${NAME}`` in pilot.dataset expands like ``datasets``: else a pilot naming one of the
+    sweep's own datasets would be refused as one the sweep does not run."""
+    load_all()
+    monkeypatch.setenv("PILOT_SET", "tiny-shapes")
+    sweep = load_sweep(write_sweep(tmp_path / "sweep.yaml", datasets=["tiny-shapes", "synthetic:3"],
+                                   selection={"pilot": {"dataset": "${PILOT_SET}"}}))
+    assert sweep.selection_spec.pilot["dataset"] == "tiny-shapes"
+    assert {key[1] for key in plan_selection(sweep).trials} == {"tiny-shapes"}
+    monkeypatch.delenv("PILOT_SET")
+    with pytest.raises(ConfigError, match="uses \\$\\{PILOT_SET\\}, which is not set"):
+        load_sweep(tmp_path / "sweep.yaml")

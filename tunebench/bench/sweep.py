@@ -26,9 +26,10 @@ taking it from ``method_config`` (see ``SelectionSpec`` and ``bench/selection.py
       pilot: {shots: 16, seed: 1}        # the cell each choice is made at (default: largest shots, first seed);
                                          # add dataset: NAME for one choice per method, made there, used everywhere
 
-``datasets``, ``backbone`` and ``pretrained`` may name environment variables as
-``${NAME}``, so that one recipe serves every machine (``bench-coop-vitb16.yaml`` reads
-``${CLIP}`` and ``${DATA}``); the cells store the expanded paths.
+``datasets``, ``backbone``, ``pretrained`` and ``selection.pilot.dataset`` may name
+environment variables as ``${NAME}``, so that one recipe serves every machine
+(``bench-coop-vitb16.yaml`` reads ``${CLIP}`` and ``${DATA}``); the cells store the
+expanded paths.
 """
 
 from __future__ import annotations
@@ -177,6 +178,12 @@ def load_sweep(path: Path) -> SweepConfig:
     for key in PATH_KEYS:
         if key in raw:
             raw[key] = _with_environment(raw[key], path)
+    # The pilot dataset names one of ``datasets``, so it is expanded as they are.
+    selection = raw.get("selection")
+    pilot = selection.get("pilot") if isinstance(selection, dict) else None
+    if isinstance(pilot, dict) and "dataset" in pilot:
+        pilot = {**pilot, "dataset": _with_environment(pilot["dataset"], path)}
+        raw["selection"] = {**selection, "pilot": pilot}
     return build_dataclass(SweepConfig, raw, path)
 
 

@@ -9,8 +9,10 @@ On disk, which is what ``coco:PATH`` reads and what the generated sets are writt
 Splits: ``train`` (the pool that few-shot images are drawn from), ``test``, and
 optionally ``base`` (images with base-class objects only, on which a detector is
 built) and ``validation`` (held-out images that hyper-parameter selection scores on;
-its images must be in neither ``train`` nor ``test``). A category may say ``"split": "base"``; every other category is *novel*: the
-classes the tuning methods are compared on. Extra keys are ignored by COCO tools.
+its images must be in neither ``train`` nor ``test``: a selection trial compares their
+pixels' hashes before it runs). A category may say ``"split": "base"``; every other
+category is *novel*: the classes the tuning methods are compared on. Extra keys are
+ignored by COCO tools.
 
 Generated sets (built once into the cache, then read like any ``coco:`` folder):
 
@@ -105,6 +107,7 @@ class DetectionSplit:
             by_image[ann["image_id"]].append(ann)
         self._annotations = [by_image[im["id"]] for im in self.images]
         self._pixels: dict[int, np.ndarray] = {}
+        self._hashes: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -116,6 +119,24 @@ class DetectionSplit:
         """(H, W, 3) uint8 RGB; decoded once, then kept (up to PIXEL_CACHE_IMAGES)."""
         if position in self._pixels:
             return self._pixels[position]
+        pixels = self._decode(position)
+        if len(self._pixels) < PIXEL_CACHE_IMAGES:
+            self._pixels[position] = pixels
+        return pixels
+
+    def image_hashes(self) -> list[str]:
+        """sha256 of each image's decoded pixels, by position: what "the same image" means
+        when splits must not share one. Computed once; decoding here fills no pixel cache
+        (a large train split would not fit)."""
+        if self._hashes is None:
+            self._hashes = [hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+                            for pixels in map(self._peek, range(len(self)))]
+        return self._hashes
+
+    def _peek(self, position: int) -> np.ndarray:
+        return self._pixels[position] if position in self._pixels else self._decode(position)
+
+    def _decode(self, position: int) -> np.ndarray:
         info = self.images[position]
         path = self.image_dir / info["file_name"]
         try:
@@ -129,8 +150,6 @@ class DetectionSplit:
         if pixels.shape[:2] != (int(info["height"]), int(info["width"])):
             raise DataError(f"{path} is {pixels.shape[1]}x{pixels.shape[0]} px but its annotation says "
                             f"{info['width']}x{info['height']}: re-export the image or fix width/height")
-        if len(self._pixels) < PIXEL_CACHE_IMAGES:
-            self._pixels[position] = pixels
         return pixels
 
     def labels_in(self, position: int) -> set[int]:
@@ -327,7 +346,7 @@ MNIST_NOVEL = ("elephant", "giraffe", "zebra", "bag", "ankle boot")
 MNIST_CANVAS = CanvasRecipe(size=160, objects=(1, 4), sprite_size=(34, 62))
 MNIST_RECIPE = _recipe(MNIST_CANVAS, {"base": 2400, "train": 600, "test": 300, "validation": 150},
                        novel=list(MNIST_NOVEL))
-VALIDATION_SEED = 4  # the canvas seed of every generated validation split (the others use 1-3)
+SPLIT_SEEDS = {"base": 1, "train": 2, "test": 3, "validation": 4}  # canvas seeds of every generated set
 
 
 @DATASETS.register("det-mnist")
@@ -339,33 +358,42 @@ def det_mnist() -> DetectionDataset:
         names = list(fashion.classnames) + list(animal.classnames)
         categories = _categories(names, set(MNIST_NOVEL), ["clothing"] * 10 + ["animal"] * 10)
 
-        def pool(split: str, only_base: bool) -> SpritePool:
-            parts, labels = [], []
-            for offset, source in ((0, fashion), (10, animal)):
-                images = getattr(source, split)
-                pixels = images.load(np.arange(len(images)))
-                parts.append(pixels)
-                labels.append(images.labels + offset)
-            sprites, sprite_labels = np.concatenate(parts), np.concatenate(labels)
-            ids = np.arange(len(sprites))  # rows of the unfiltered source: comparable across pools
-            if only_base:  # the build split must never show a novel object
-                keep = np.isin(sprite_labels, [i for i, n in enumerate(names) if n not in MNIST_NOVEL])
-                sprites, sprite_labels, ids = sprites[keep], sprite_labels[keep], ids[keep]
-            return SpritePool(sprites, sprite_labels, ids)
+        def sprites(split: str) -> tuple[np.ndarray, np.ndarray]:
+            parts = [getattr(source, split) for source in (fashion, animal)]
+            return (np.concatenate([images.load(np.arange(len(images))) for images in parts]),
+                    np.concatenate([parts[0].labels, parts[1].labels + 10]))
 
-        counts = MNIST_RECIPE["counts"]
-        # Test objects come from the source datasets' test images, never seen in training.
-        pools = {}
-        for split, source, only_base, seed in (("base", "train", True, 1), ("train", "train", False, 2),
-                                               ("test", "test", False, 3)):
-            pools[split] = pool(source, only_base)
-            write_split(root, split, _canvases(pools[split], MNIST_CANVAS, counts[split], seed), categories)
-        # Validation objects: training images that no base or train canvas shows.
-        unseen = pool("train", False).excluding(pools["base"].drawn | pools["train"].drawn)
-        write_split(root, "validation", _canvases(unseen, MNIST_CANVAS, counts["validation"], VALIDATION_SEED),
-                    categories)
+        novel = [i for i, n in enumerate(names) if n in MNIST_NOVEL]
+        for split, _pool, canvases in mnist_draws(sprites("train"), sprites("test"), novel,
+                                                  MNIST_RECIPE["counts"], MNIST_CANVAS):
+            write_split(root, split, canvases, categories)
 
     return generated("det-mnist", MNIST_RECIPE, make)
+
+
+def mnist_draws(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+                novel: list[int], counts: dict[str, int], canvas: CanvasRecipe):
+    """det-mnist's canvases from (sprites, labels) of the sources' train and test images:
+    ``(split, pool, canvases)`` per split, validation last. ``base`` shows base objects
+    only; test objects come from the test images, never seen in training; validation
+    objects are training images that no base or train canvas shows."""
+    sprites, labels = train
+    ids = np.arange(len(sprites))  # rows of the unfiltered source: comparable across pools
+    base = ~np.isin(labels, novel)  # the build split must never show a novel object
+    pools = {"base": SpritePool(sprites[base], labels[base], ids[base]), "train": SpritePool(sprites, labels, ids),
+             "test": SpritePool(*test)}
+    return _draws(pools, SpritePool(sprites, labels, ids), ("base", "train"), counts, canvas)
+
+
+def _draws(pools: dict[str, SpritePool], source: SpritePool, seen: tuple[str, ...], counts: dict[str, int],
+           canvas: CanvasRecipe):
+    """``(split, pool, canvases)`` for each of ``pools``, then validation: canvases from
+    ``source`` less every sprite that the ``seen`` splits' canvases drew. A generator, so
+    that the caller writes each split before the next is drawn."""
+    for split, pool in pools.items():
+        yield split, pool, _canvases(pool, canvas, counts[split], SPLIT_SEEDS[split])
+    unseen = source.excluding(set().union(*(pools[split].drawn for split in seen)))
+    yield "validation", unseen, _canvases(unseen, canvas, counts["validation"], SPLIT_SEEDS["validation"])
 
 
 # ---- det-textile --------------------------------------------------------------------
@@ -383,19 +411,24 @@ def det_textile() -> DetectionDataset:
 
         textile = load_dataset("textile-defects")
         categories = _categories(list(textile.classnames), set(textile.classnames), "fabric")
-        pools = {}
-        for split, seed in (("train", 2), ("test", 3)):
+
+        def sprites(split: str) -> tuple[np.ndarray, np.ndarray]:
             images = getattr(textile, split)
-            grey = images.load(np.arange(len(images))).mean(axis=-1).round().astype(np.uint8)
-            pools[split] = SpritePool(grey, images.labels)
-            canvases = _canvases(pools[split], TEXTILE_CANVAS, TEXTILE_RECIPE["counts"][split], seed)
+            return images.load(np.arange(len(images))).mean(axis=-1).round().astype(np.uint8), images.labels
+
+        for split, _pool, canvases in textile_draws(sprites("train"), sprites("test"), TEXTILE_RECIPE["counts"],
+                                                    TEXTILE_CANVAS):
             write_split(root, split, canvases, categories)
-        # Validation patches: training patches that no train canvas shows.
-        unseen = pools["train"].excluding(pools["train"].drawn)
-        write_split(root, "validation", _canvases(unseen, TEXTILE_CANVAS, TEXTILE_RECIPE["counts"]["validation"],
-                                                  VALIDATION_SEED), categories)
 
     return generated("det-textile", TEXTILE_RECIPE, make)
+
+
+def textile_draws(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+                  counts: dict[str, int], canvas: CanvasRecipe):
+    """det-textile's canvases from grey (patches, labels): ``(split, pool, canvases)`` per
+    split, validation last, made of training patches that no train canvas shows."""
+    pools = {"train": SpritePool(*train), "test": SpritePool(*test)}
+    return _draws(pools, pools["train"], ("train",), counts, canvas)
 
 
 # ---- tiny-det (tests) ---------------------------------------------------------------

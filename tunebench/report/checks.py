@@ -60,7 +60,8 @@ def cost_problem(run: dict) -> str | None:
             return f"{key} is not a non-negative integer ({count!r})"
     if run["trainable_params"] > run["total_params"]:
         return f"trainable_params {run['trainable_params']} exceed total_params {run['total_params']}"
-    for key in ("train_seconds", "eval_seconds", "feature_seconds", "peak_memory_mb", "images_per_second"):
+    for key in ("train_seconds", "eval_seconds", "curve_eval_seconds", "feature_seconds", "peak_memory_mb",
+                "images_per_second"):
         value = run.get(key)
         if value is None and key not in ("train_seconds", "eval_seconds"):
             continue  # not measured for this run

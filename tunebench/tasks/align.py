@@ -31,7 +31,7 @@ from tunebench.config import RunConfig, build_dataclass
 from tunebench.datasets import load_dataset, test_indices
 from tunebench.datasets.base import ClassificationDataset
 from tunebench.datasets.pairs import PairDataset
-from tunebench.engine.checkpoints import Checkpoints, QualityCurve, wants_curve
+from tunebench.engine.checkpoints import Checkpoints, QualityCurve, eval_costs, wants_curve
 from tunebench.engine.features import encode_images
 from tunebench.engine.measure import Stopwatch
 from tunebench.engine.training import Optimization, ShuffledBatches, autocast_for
@@ -125,7 +125,7 @@ class Align:
             return metrics
 
         keys = (*CURVE_KEYS, *(f"{ZERO_SHOT_PREFIX}{name}" for name in settings.zero_shot_datasets if final))
-        curve = QualityCurve(score, keys, train_clock=train_watch, eval_clock=eval_watch) \
+        curve = QualityCurve(score, keys, train_clock=train_watch) \
             if wants_curve(config, trains=method_cls.trains) else None
 
         outcome = None
@@ -158,16 +158,18 @@ class Align:
             final_train_loss=None if outcome is None else round(outcome["loss"], 5),
             final_logit_scale=round(float(backbone.logit_scale.detach().exp().clamp(max=MAX_LOGIT_SCALE)), 3),
         )
+        seconds, curve_costs = eval_costs(eval_watch, curve)
         return TaskResult(
             adapter=adapter,
             metrics=metrics,
             train_seconds=train_watch.seconds,
-            eval_seconds=eval_watch.seconds,
+            eval_seconds=seconds,
             feature_seconds=context.features.seconds_computing - cache_seconds_before,
             steps=0 if outcome is None else outcome["steps"],
             images_seen=0 if outcome is None else outcome["images_seen"],
             image_input="pixels" if pixels else "cached-features",
-            extra={"preset": getattr(method_settings, "preset", None) if method_cls.trains else None},
+            extra={"preset": getattr(method_settings, "preset", None) if method_cls.trains else None,
+                   **curve_costs},
         )
 
 

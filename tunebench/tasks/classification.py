@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tunebench.config import RunConfig, TrainConfig
 from tunebench.datasets import ClassificationDataset, fewshot_indices, load_dataset, test_indices
 from tunebench.datasets.fewshot import check_shots, check_validation_room, validation_indices
-from tunebench.engine.checkpoints import Checkpoints, QualityCurve, wants_curve
+from tunebench.engine.checkpoints import Checkpoints, QualityCurve, eval_costs, wants_curve
 from tunebench.engine.feature_file import FeatureRows
 from tunebench.engine.features import FeatureCache, encode_rows
 from tunebench.engine.measure import Stopwatch
@@ -140,7 +140,7 @@ class FewShotClassification:
             return self.score(adapter, features, eval_labels, dataset, config, device)
 
         timing_only = getattr(backbone, "timing_only", False)
-        curve = QualityCurve(score, self.curve_keys, train_clock=train_watch, eval_clock=eval_watch) \
+        curve = QualityCurve(score, self.curve_keys, train_clock=train_watch) \
             if wants_curve(config, trains=method_cls.trains, scores=not timing_only) else None
 
         outcome = None
@@ -172,18 +172,20 @@ class FewShotClassification:
         }
         if timing_only:
             metrics = timing_only_metrics(metrics, backbone)
+        seconds, curve_costs = eval_costs(eval_watch, curve)
 
         return TaskResult(
             adapter=adapter,
             metrics=metrics,
             train_seconds=train_watch.seconds,
-            eval_seconds=eval_watch.seconds,
+            eval_seconds=seconds,
             feature_seconds=context.features.seconds_computing - cache_seconds_before,
             steps=0 if outcome is None else outcome.steps,
             images_seen=0 if outcome is None else outcome.images_seen,
             image_input="pixels" if pixels else "cached-features",
             # Median seconds of one training step (the engine's clock; None: no training).
-            extra={} if outcome is None else {"step_seconds": round(outcome.step_seconds, 6)},
+            extra={**curve_costs,
+                   **({} if outcome is None else {"step_seconds": round(outcome.step_seconds, 6)})},
         )
 
 

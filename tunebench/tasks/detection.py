@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from tunebench.config import RunConfig, build_dataclass
 from tunebench.datasets import load_dataset
 from tunebench.datasets.detection import DetectionDataset, DetectionSplit, fewshot_images
-from tunebench.engine.checkpoints import Checkpoints, QualityCurve, wants_curve
+from tunebench.engine.checkpoints import Checkpoints, QualityCurve, eval_costs, wants_curve
 from tunebench.engine.measure import Stopwatch
 from tunebench.engine.training import (
     Optimization,
@@ -139,7 +139,7 @@ class Detect:
                                             device)
             return metrics
 
-        curve = QualityCurve(score, CURVE_KEYS, train_clock=train_watch, eval_clock=eval_watch) \
+        curve = QualityCurve(score, CURVE_KEYS, train_clock=train_watch) \
             if wants_curve(config, trains=method_cls.trains) else None
         checkpoints = None if curve is None else curve.checkpoints()
 
@@ -175,20 +175,22 @@ class Detect:
             train_objects=sum(dataset.split("train").objects_in(p) for p in positions),
             final_train_loss=None if outcome is None else round(outcome["loss"], 5),
         )
+        seconds, curve_costs = eval_costs(eval_watch, curve)
         return TaskResult(
             adapter=adapter, metrics=metrics,
-            train_seconds=train_watch.seconds, eval_seconds=eval_watch.seconds,
+            train_seconds=train_watch.seconds, eval_seconds=seconds,
             feature_seconds=cache.seconds_computing,
             steps=0 if outcome is None else outcome["steps"],
             images_seen=0 if outcome is None else outcome["images_seen"],
             image_input="pixels" if live else "cached-regions",
-            pictures=pictures,
+            pictures=pictures, extra=curve_costs,
         )
 
 
 def _check_validation_split(dataset: DetectionDataset) -> None:
     """A selection trial needs held-out images, enough of them, and every class in them
-    (a class without a ground-truth object has no AP)."""
+    (a class without a ground-truth object has no AP); the images themselves are checked
+    last, since that reads every train and test image."""
     if "validation" not in dataset.splits:
         raise ConfigError(f"{dataset.name} has no validation split for selection: add "
                           f"{dataset.root}/annotations/validation.json (images in neither train nor test)")
@@ -201,6 +203,26 @@ def _check_validation_split(dataset: DetectionDataset) -> None:
     if absent:
         raise ConfigError(f"{dataset.name}: no validation image holds {', '.join(map(repr, absent))}; "
                           f"selection needs every class there: annotate some")
+    _check_held_out(dataset, validation)
+
+
+def _check_held_out(dataset: DetectionDataset, validation: DetectionSplit) -> None:
+    """No validation image may also be a train or test image (same pixels, whatever its
+    file name): a trial scored on images it tuned on, or on the test images, would choose
+    the lr for what the final runs are then judged on."""
+    seen = {name: {digest: p for p, digest in enumerate(dataset.split(name).image_hashes())}
+            for name in ("train", "test")}
+    for position, digest in enumerate(validation.image_hashes()):
+        for name, where in seen.items():
+            if digest in where:
+                raise ConfigError(
+                    f"{dataset.name}: validation image {_file(validation, position)} is also {name} image "
+                    f"{_file(dataset.split(name), where[digest])}; selection must score held-out images: "
+                    f"remove it from {dataset.root}/annotations/validation.json")
+
+
+def _file(split: DetectionSplit, position: int) -> str:
+    return f"{split.images[position]['file_name']} (id {split.image_id(position)})"
 
 
 def _score(adapter, regions: dict, test: DetectionSplit, positions: list[int], dataset: DetectionDataset,
