@@ -109,3 +109,16 @@ def test_the_report_shows_the_judges_held_out_accuracy():
     text = "\n".join(lines)
     assert "| zebra | 90.0 | 200 | abc123 |" in text and "| giraffe | 75.0 | 200 | abc123 |" in text
     assert judge_table([{"dataset": "concept:zebra", "metrics": {"fidelity": 0.5}}]) == []
+
+
+def test_the_judge_builds_on_first_use_under_no_grad(tmp_path, monkeypatch):
+    """The judge is built when first used, and its first user may be scoring under
+    torch.no_grad() (mini-t2i's self-check is): the build must still train."""
+    import torch
+
+    from tunebench.builds.judge import build_judge
+
+    monkeypatch.setenv("TUNEBENCH_CACHE_DIR", str(tmp_path))
+    with torch.no_grad():
+        built = build_judge("tiny")
+    assert (built / "weights.safetensors").is_file()

@@ -88,6 +88,10 @@ def _shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch
     return pad[..., dy : dy + 28, dx : dx + 28]
 
 
+# A build trains, whatever context asks for it: the judge is built on first use, and its
+# first user may be scoring under torch.no_grad() (mini-t2i's self-check, a generation
+# run's evaluation), where training would fail for want of gradients.
+@torch.enable_grad()
 def build_judge(name: str = "mnist20", force: bool = False) -> Path:
     recipe = RECIPES[name]
     target = built_dir(name)
