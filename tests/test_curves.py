@@ -22,6 +22,7 @@ TINY_TRAIN = {"steps": 8, "batch_size": 8, "image_size": 16, "test_per_class": 6
     (100, (0, 12, 25, 50, 100)), (400, (0, 50, 100, 200, 400)), (8, (0, 1, 2, 4, 8)),
     (3, (0, 1, 3)), (1, (0, 1)),
 ])
+
 def test_checkpoint_schedule_is_start_eighth_quarter_half_end_each_once(total, expected):
     assert checkpoint_steps(total) == expected
 
@@ -274,3 +275,17 @@ def test_report_without_any_curve_has_no_curve_part(tmp_path):
     files = build_report(make_results(tmp_path))
     assert "verdicts at equal steps" not in files.report_md.read_text()
     assert not (tmp_path / "results" / "summary_classification_curves.csv").exists()
+
+
+def assert_curve_ends_at_final(record: dict, steps: list[int], keys: tuple[str, ...]) -> None:
+    """A run's quality curve: scored at ``steps``, each point holding ``keys``, the last
+    point the run's final metrics, its clock within the run's train time, and the
+    earlier points' scoring timed apart from the final one."""
+    assert record["status"] == "ok", record.get("traceback")
+    metrics = record["metrics"]
+    curve = metrics["curve"]
+    assert [p["step"] for p in curve] == steps
+    assert set(curve[0]) == {"step", "train_seconds", *keys}
+    assert {k: curve[-1][k] for k in keys} == {k: metrics[k] for k in keys}
+    assert curve[-1]["train_seconds"] <= record["train_seconds"] + 1e-4
+    assert record["curve_eval_seconds"] > 0 and record["eval_seconds"] > 0  # the earlier points, the last

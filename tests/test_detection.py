@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.test_curves import assert_curve_ends_at_final
 from tunebench.config import RunConfig, TrainConfig, method_config
 from tunebench.datasets import load_dataset
 from tunebench.datasets.canvas import CanvasRecipe, SpritePool, compose, tight_box
@@ -427,14 +428,6 @@ def test_detect_run_records_a_box_ap_curve_ending_at_the_final_score(method, tmp
     from tunebench.bench.runner import Runner
 
     record = Runner(tmp_path).run(_config(method, steps=4))
-    assert record["status"] == "ok", record.get("traceback")
-    metrics = record["metrics"]
-    curve = metrics["curve"]
-    assert [p["step"] for p in curve] == [0, 1, 2, 4]
-    keys = ("novel_bbox_ap", "base_bbox_ap", "all_bbox_ap")
-    assert set(curve[0]) == {"step", "train_seconds", *keys}
-    assert {k: curve[-1][k] for k in keys} == {k: metrics[k] for k in keys}
-    assert curve[-1]["train_seconds"] <= record["train_seconds"] + 1e-4
-    assert record["curve_eval_seconds"] > 0 and record["eval_seconds"] > 0  # the earlier points, the last
+    assert_curve_ends_at_final(record, [0, 1, 2, 4], ("novel_bbox_ap", "base_bbox_ap", "all_bbox_ap"))
     zero_shot = Runner(tmp_path).run(_config("zero-shot"))
     assert "curve" not in zero_shot["metrics"] and "curve_eval_seconds" not in zero_shot
