@@ -87,6 +87,22 @@ def test_smallest_preset_within_threshold_of_full_training(cells):
     assert report_align.smallest_within(group, full, 0.1) is None  # zero-shot never counts
 
 
+def test_full_training_is_the_better_all_parameters_run_and_never_a_match():
+    """With lit:all and full-ft both present, the stronger one is the reference and the
+    other is not reported as the "smallest preset" that matches it (both train 100%)."""
+    full_ft = [{**align_record("lit:all", seed, r1), "method": "full-ft",
+                "config_hash": f"align-b0-full-ft-1000-{seed}"} for seed, r1 in ((1, 0.62), (2, 0.64))]
+    runs = align_runs() + full_ft
+    group = report_align.groups_of(report_align.summarise(runs))[("b0", "captions", 1000)]
+    full = report_align.full_training(group)
+    assert full["method"] == "full-ft"
+    assert full["r1"] == pytest.approx(0.63)
+    within_5 = report_align.smallest_within(group, full, 5)  # floor 0.5985: lit:lit's 0.595 misses
+    assert within_5 is None
+    assert report_align.smallest_within(group, full, 10)["method"] == "lit:lilt"
+    assert report_align.best_under(group, full, 100.0)["method"] == "lit:lit"
+
+
 def test_best_under_budget(cells):
     group = report_align.groups_of(cells)[("b0", "captions", 1000)]
     full = report_align.full_training(group)
