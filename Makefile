@@ -21,9 +21,9 @@ LONG_RESULTS ?= results-long
 GPU_RESULTS ?= results-gpu
 RESULTS ?= results
 # `make bench` runs JOBS cells at once, each in a worker process with cores / JOBS torch
-# threads (THREADS= sets them). JOBS=1 runs one cell after another in one process, as the
-# committed bench.yaml cells ran (2 threads on 2 cores): their exact numbers, see
-# docs/results-and-report.md.
+# threads (THREADS= sets them). JOBS=1 runs one cell after another in one process. The
+# committed bench.yaml cells ran with the default, 2 cells at a time at 1 thread each: their
+# exact numbers, see docs/results-and-report.md.
 JOBS ?= 2
 THREADS ?=
 STAMP := $(VENV)/.tunebench-installed
