@@ -94,6 +94,8 @@ def test_every_adapter_starts_from_the_pipelines_conditioning(loaded, method):
     words = "sks horse" if method in ("unet-attn", "full-ft") else "horse"
     with torch.no_grad():
         states, _ = adapter.conditioning(torch.arange(len(CONCEPT.prompts)))
+    if method == "cones":  # its slot starts at the mean over prompts: compare the text pass itself
+        states = adapter.states
     torch.testing.assert_close(states, pipeline_embeds(pipe, CONCEPT.filled(words)), rtol=0, atol=1e-6)
     torch.testing.assert_close(adapter.null_states, pipeline_embeds(pipe, [""]), rtol=0, atol=1e-6)
 
