@@ -131,7 +131,8 @@ def cones_prompt_embeds(pipe, path, prompt: str, *, token: str | None = None) ->
     if len(slots) != len(starts):
         raise ConfigError(f"prompt {prompt!r}: {token!r} does not stand as a word of its own within "
                           f"{tokenizer.model_max_length} tokens; put spaces around it or shorten the prompt")
-    embeds, _ = pipe.encode_prompt(text, pipe.text_encoder.device, 1, False)
+    with torch.no_grad():  # conditioning to sample with, not a graph to train through
+        embeds, _ = pipe.encode_prompt(text, pipe.text_encoder.device, 1, False)
     if embeds.shape[-1] != state.numel():
         raise ConfigError(f"{path} holds a state of width {state.numel()}; this pipeline's text encoder "
                           f"gives {embeds.shape[-1]}: export and pipeline come from different base models")
