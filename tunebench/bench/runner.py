@@ -163,6 +163,9 @@ class Runner:
             )
             if config.train.save_artifacts:
                 record["artifact"] = self._save_artifact(key, adapter)
+                exports = self._save_exports(key, adapter)
+                if exports:  # only methods that have an ecosystem form (generation's)
+                    record["exports"] = exports
             if result.pictures:
                 record["pictures"] = self._save_pictures(key, result.pictures)
             record["status"] = "ok"
@@ -203,6 +206,19 @@ class Runner:
         atomic_write_bytes(path, save(tensors))  # see atomic_write_bytes: a full disk stops the sweep
         return {"path": str(path.relative_to(self.store.results_dir)), "bytes": path.stat().st_size,
                 "tensors": len(tensors)}
+
+    def _save_exports(self, key: str, adapter) -> dict:
+        """The adapter's exports (what it learned in the form a standard pipeline loads)
+        beside the artifact, as artifacts/<hash>-<name>.safetensors, metadata included."""
+        from safetensors.torch import save
+
+        saved = {}
+        for name, (tensors, metadata) in sorted(adapter.exports().items()):
+            path = self.store.artifacts_dir / f"{key}-{name}.safetensors"
+            atomic_write_bytes(path, save(tensors, metadata=metadata))
+            saved[name] = {"path": str(path.relative_to(self.store.results_dir)),
+                           "bytes": path.stat().st_size, "tensors": len(tensors)}
+        return saved
 
 
 def validate_cells(configs: list[RunConfig]) -> None:

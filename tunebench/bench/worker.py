@@ -150,7 +150,7 @@ def _kill_hook_for_tests() -> None:
 
 def run_cell(config: RunConfig, threads: int) -> tuple[dict, dict[str, bytes]]:
     """Body of one cell in a worker (a Ray task, or a local worker process): run it, return (record, {relative path: bytes}) for the
-    files it made (artifact, pictures), which the driver writes."""
+    files it made (artifact, exports, pictures), which the driver writes."""
     import torch
 
     from tunebench.registry import load_all

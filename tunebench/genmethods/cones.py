@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from tunebench.genmethods.base import GenerationAdapter
+from tunebench.genmethods.exports import cones_export
 from tunebench.genmethods.prompting import SlotPrompts, one_token
 from tunebench.methods.base import MethodConfig, learning_rate
 from tunebench.registry import METHODS
@@ -52,3 +53,8 @@ class Cones(GenerationAdapter):
         kept = self.states[index]
         slot = self.slot_mask[index].unsqueeze(-1)
         return torch.where(slot, self.concept_state.to(kept.dtype), kept), self.mask[index]
+
+    def exports(self):
+        """The learned output state and its initializer word: with them,
+        ``exports.cones_prompt_embeds`` rebuilds this conditioning for any prompt on a pipeline."""
+        return {"cones": cones_export(self.model, self.concept, self.concept_state)}

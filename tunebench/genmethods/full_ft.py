@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from tunebench.genmethods.base import GenerationAdapter
+from tunebench.genmethods.exports import unet_export
 from tunebench.genmethods.prompting import FrozenStates
 from tunebench.methods.base import MethodConfig, hyperparameter, learning_rate
 from tunebench.registry import METHODS
@@ -44,6 +45,12 @@ class IdentifierPromptAdapter(GenerationAdapter):
 
     def conditioning(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.prompt_states(index)
+
+    def exports(self):
+        """The UNet tensors that trained, under diffusers' names (``exports.load_unet_weights``);
+        a pipeline then draws the concept from the same "<identifier> <initializer>" words."""
+        words = f"{self.config.identifier} {self.concept.initializer}"
+        return {"unet": unet_export(self.model, prompt_words=words)}
 
 
 @METHODS.register("full-ft")

@@ -129,6 +129,12 @@ class TrainableParts:
         params = [p for _, p in self.trainable_named_parameters()]
         return [{"params": params, "lr": self.config.lr, "weight_decay": self.config.weight_decay}]
 
+    def exports(self) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]]:
+        """What the run learned in the form its ecosystem loads (a diffusers
+        ``learned_embeds.safetensors``, ...): name -> (tensors, safetensors metadata).
+        The runner writes each beside the artifact when it saves artifacts; none here."""
+        return {}
+
 
 class MethodAdapter(TrainableParts, nn.Module, ABC):
     """Base class. Subclasses create their parameters in ``__init__`` after super()."""

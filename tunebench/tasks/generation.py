@@ -144,7 +144,7 @@ class Generation:
         train_watch, eval_watch = Stopwatch(device), Stopwatch(device)
         n_train = len(settings.train_templates)
         prompts = ConceptPrompts(settings.initializers[concept.concept],
-                                 tuple(settings.train_templates + settings.eval_prompts))
+                                 tuple(settings.train_templates + settings.eval_prompts), name=concept.concept)
         eval_index = torch.arange(n_train, len(prompts.prompts))
         references = concept.train.load(concept.references(config.shots, config.seed))
 
