@@ -295,10 +295,23 @@ def method_config(method_cls, values: dict | None, where: str):
 
 
 def task_config(task_cls, values: dict | None, where: str = "task_config") -> dict:
-    """A task's settings with defaults filled in ({} for tasks that have none)."""
+    """A task's settings with defaults filled in ({} for tasks that have none).
+
+    A setting declared with ``metadata={"added_later": True}`` is left out while it holds
+    its default: cells stored before the setting existed keep their hashes (as
+    ``_ADDED_LATER`` does for RunConfig's own fields), and the task, which reads its
+    settings through ``build_dataclass``, gets the default back."""
     config_class = getattr(task_cls, "config_class", None)
     if config_class is None:
         if values:
             raise ConfigError(f"{where}: task {task_cls.__name__} takes no settings")
         return {}
-    return dataclasses.asdict(build_dataclass(config_class, values, where))
+    resolved = dataclasses.asdict(build_dataclass(config_class, values, where))
+    for f in fields(config_class):
+        if f.metadata.get("added_later") and resolved[f.name] == _default_of(f):
+            del resolved[f.name]
+    return resolved
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default

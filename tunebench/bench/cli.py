@@ -398,7 +398,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True,
                    help="see `tunebench list methods`; lit:PRESET picks a lit preset")
     p.add_argument("--dataset", required=True, help="see `tunebench list datasets`; imagefolder:PATH for "
-                   "your own, coop:DATA/NAME for CoOp's dataset folders")
+                   "your own, coop:DATA/NAME for CoOp's dataset folders, subject:PATH for your own subject (generation)")
     p.add_argument("--task", default="fewshot-cls",
                    help="fewshot-cls (default), base2new, align, detect or generation; see `tunebench list -v tasks`")
     p.add_argument("--backbone", default="mini-clip", help=BACKBONE_HELP)
