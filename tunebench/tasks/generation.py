@@ -50,7 +50,7 @@ from tunebench.errors import ConfigError
 from tunebench.genmethods.base import ConceptPrompts
 from tunebench.registry import BACKBONES, TASKS
 from tunebench.scores import seconds_to_threshold
-from tunebench.tasks.base import TaskContext, TaskResult, method_and_settings
+from tunebench.tasks.base import TaskContext, TaskResult, method_and_settings, with_start
 from tunebench.tasks.gen_eval import Evaluator
 
 # Fewer held-out images than this make CLIP-I against them too noisy to rank trials by.
@@ -150,6 +150,8 @@ class Generation:
     # has no judge and is compared by CLIP-I instead (``selection_metric_for``).
     selection_metric = "fidelity"
     shots_unit = "reference images"
+    # Adapters are built through ``tasks.base.with_start``: a cell may start from another run.
+    chains = True
 
     @classmethod
     def selection_metric_for(cls, dataset: str) -> str:
@@ -194,7 +196,7 @@ class Generation:
         references = concept.train.load(concept.references(config.shots, config.seed))
 
         with train_watch.measure():
-            adapter = method_cls(model, prompts, method_settings).to(device)
+            adapter = with_start(method_cls(model, prompts, method_settings).to(device), context)
             latents = model.encode_latents(model.preprocess(references).to(device))
         evaluator = None
         if not model.timing_only:  # scorer models load outside both clocks, once per process
