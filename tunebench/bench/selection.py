@@ -79,8 +79,9 @@ def plan_selection(sweep: SweepConfig) -> SelectionPlan | None:
         raise ConfigError(f"task {sweep.task} has no validation split to select on yet: remove the "
                           "selection: block and set each method's lr in method_config")
     datasets = [spec.pilot["dataset"]] if "dataset" in spec.pilot else sweep.datasets
+    # Each method alone: chained cells (a chain: block) reuse their method's choice.
     pilot = expand(dataclasses.replace(sweep, shots=[spec.pilot["shots"]], seeds=[spec.pilot["seed"]],
-                                       datasets=datasets, selection=None))
+                                       datasets=datasets, selection=None, chain=None))
     trials: dict[ChoiceKey, list[RunConfig]] = {}
     metrics: dict[ChoiceKey, str] = {}
     # A task may score some datasets by another metric (generation: CLIP-I for a subject of
