@@ -21,6 +21,7 @@ from matplotlib.lines import Line2D
 
 from tunebench.report import figures
 from tunebench.report import table as t
+from tunebench.report.chain import chain_table, own_tables
 from tunebench.report.sections import Options, section
 from tunebench.report.style import method_key, style
 from tunebench.scores import equal_fidelity
@@ -397,6 +398,8 @@ def _ratio_vs_share(rows: list[dict], path: Path) -> Path:
 def write(runs: list[dict], results: Path, options: Options) -> tuple[list[str], list[Path]]:
     if not runs:
         return [], []
+    chain_lines = chain_table(runs, metric="fidelity", metric_name="Fidelity %", heading="###", what="Concept")
+    runs = own_tables(runs)  # chained runs (and their off-budget sources) have the table above only
     cells, folder = summarise(runs), results / "figures"
     rows = share_rows(cells)
     written = []
@@ -422,6 +425,7 @@ def write(runs: list[dict], results: Path, options: Options) -> tuple[list[str],
         *_subjects_note(cells),
         *_headline(comparisons(cells)),
         *_quality_tables(cells),
+        *chain_lines,
         *judge_table(runs),
         *_share_section(rows, next((link for title, link in links if "share" in title), None)),
         *(f"![{title}]({link})\n" for title, link in links if "share" not in title),
