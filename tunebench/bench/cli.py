@@ -187,8 +187,8 @@ def _check_executor_flags(args) -> None:
 def _bench(args) -> None:
     from tunebench.bench.lock import claim_results
     from tunebench.bench.runner import unique_cells, validate_cells
-    from tunebench.bench.store import RunStore
     from tunebench.bench.selection import plan_selection
+    from tunebench.bench.store import RunStore
     from tunebench.bench.sweep import expand, load_sweep
     from tunebench.registry import load_all
 

@@ -37,7 +37,13 @@ from tunebench.errors import ConfigError
 from tunebench.methods.base import ClassPrompts, MethodAdapter, Scorer
 from tunebench.models.base import count_parameters
 from tunebench.registry import TASKS
-from tunebench.tasks.base import TaskContext, TaskResult, method_and_settings, refuse_detectors, with_start
+from tunebench.tasks.base import (
+    TaskContext,
+    TaskResult,
+    method_and_settings,
+    refuse_detectors,
+    with_start,
+)
 
 
 @dataclass(frozen=True)
