@@ -136,8 +136,8 @@ bench-gen: setup
 # ConES then fine-tuning (chaining; docs/classification.md, docs/generation.md): cones runs
 # seed lit / full-ft (classification) and unet-attn / full-ft (generation), compared with
 # each method alone at equal total steps. The sweeps share bench.yaml's and bench-gen.yaml's
-# train blocks and lr trials, so in $(RESULTS) only the chain cells run (~2 + ~3 min at
-# JOBS=2); JOBS cells at once, one torch thread each, as the stored cells they compare with ran.
+# train blocks and lr trials, so in $(RESULTS) only the chain cells run (an estimated
+# ~2 + ~3 min at JOBS=2); JOBS cells at once, one torch thread each, as the stored cells they compare with ran.
 bench-chain: build
 	$(PY) -m tunebench build mini-t2i
 	for sweep in $(CHAIN_SWEEPS); do $(PY) -m tunebench bench $$sweep --results $(RESULTS) --no-report \
