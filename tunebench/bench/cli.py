@@ -98,6 +98,7 @@ def _run(args) -> None:
 
     from tunebench.bench.lock import claim_results
     from tunebench.bench.runner import Runner, backbone_version, validate_cells
+    from tunebench.bench.store import RunStore
     from tunebench.config import (
         RunConfig,
         TrainConfig,
@@ -133,8 +134,9 @@ def _run(args) -> None:
         method_config=method_settings, pretrained=args.pretrained,
         backbone_version=backbone_version(args.backbone, args.pretrained),
         task_config=task_config(TASKS.get(args.task), task_settings, "task"),
+        init_from=args.init_from, source_steps=args.source_steps,
     )
-    validate_cells([config])
+    validate_cells([config], RunStore(args.results))  # a chained run's source: in the results folder
     resolve_device(config.train.device)  # a GPU that is not there: one line, before the store is touched
     with claim_results(args.results, f"tunebench run --method {args.method} --dataset {args.dataset}"):
         record = Runner(args.results, force=args.force, executor=ONE_AT_A_TIME).run(config)
@@ -186,6 +188,7 @@ def _bench(args) -> None:
     from tunebench.bench.lock import claim_results
     from tunebench.bench.runner import unique_cells, validate_cells
     from tunebench.bench.selection import plan_selection
+    from tunebench.bench.store import RunStore
     from tunebench.bench.sweep import expand, load_sweep
     from tunebench.registry import load_all
 
@@ -201,7 +204,7 @@ def _bench(args) -> None:
     if len(cells) < len(listed):
         print(f"note: {args.sweep} lists {len(listed) - len(cells)} cell(s) more than once; "
               "each runs once", file=sys.stderr)
-    validate_cells(cells)
+    validate_cells(cells, RunStore(args.results))
     if args.dry_run:
         for cell in cells:
             print(f"{cell.config_hash}  {cell.label}")
@@ -238,11 +241,12 @@ def _select_then_bench(args, sweep, plan) -> None:
     from tunebench.bench import selection
     from tunebench.bench.lock import claim_results
     from tunebench.bench.runner import unique_cells, validate_cells
+    from tunebench.bench.store import RunStore
     from tunebench.bench.sweep import expand
 
     validate_cells(unique_cells(plan.cells))
     if sweep is not None:  # the final cells as they will be, but for the lr: bad input stops here
-        validate_cells(unique_cells(expand(sweep, selection.placeholder_choices(plan))))
+        validate_cells(unique_cells(expand(sweep, selection.placeholder_choices(plan))), RunStore(args.results))
     if args.dry_run:
         print("\n".join(selection.dry_run_lines(plan, sweep, args.results)))
         return
@@ -265,6 +269,10 @@ def _select_then_bench(args, sweep, plan) -> None:
 
 def _bench_cells(args, cells: list) -> None:
     """Run the (validated, de-duplicated) cells, then report; the caller holds the results-folder lock."""
+    from tunebench.bench.chain import check_chains
+    from tunebench.bench.store import RunStore
+
+    check_chains(cells, RunStore(args.results))  # with the chosen lrs: each chained cell's exact source
     started = time.perf_counter()
     summary = _execute(cells, args.results, args)
     minutes = (time.perf_counter() - started) / 60
@@ -398,7 +406,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True,
                    help="see `tunebench list methods`; lit:PRESET picks a lit preset")
     p.add_argument("--dataset", required=True, help="see `tunebench list datasets`; imagefolder:PATH for "
-                   "your own, coop:DATA/NAME for CoOp's dataset folders")
+                   "your own, coop:DATA/NAME for CoOp's dataset folders, subject:PATH for your own subject (generation)")
     p.add_argument("--task", default="fewshot-cls",
                    help="fewshot-cls (default), base2new, align, detect or generation; see `tunebench list -v tasks`")
     p.add_argument("--backbone", default="mini-clip", help=BACKBONE_HELP)
@@ -413,6 +421,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a setting, e.g. --set train.steps=50 --set method.lr=1e-3 "
                         "--set task.zero_shot_per_class=50 (repeatable)")
+    p.add_argument("--init-from", metavar="METHOD|HASH",
+                   help="start from a finished run in --results (chaining: docs/configuration.md): a method "
+                        "(cones: its run of the same task, dataset, backbone, shots, seed and settings) or a "
+                        "run's 16-hex config hash")
+    p.add_argument("--source-steps", type=int,
+                   help="with --init-from METHOD: that run's train.steps (default: this run's own)")
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: results)")
     p.add_argument("--force", action="store_true", help="rerun even when a finished result exists")
     p.set_defaults(func=_run)

@@ -16,6 +16,8 @@ division of work keeps the run store the single source of the report:
   failed rerun never replaces a stored ``ok`` result;
 - a worker that dies (killed, out of memory, node lost) makes Ray retry the cell up to
   ``max_retries`` times; after that the cell is stored as ``failed`` with the reason;
+- a chained cell (``init_from``) is submitted once its source cell has finished, with
+  the source's tensors, which the driver loads from the results folder (``chain.py``);
 - bad input (``ConfigError``/``DataError`` in a worker) stops the sweep with one line,
   as it does in-process; an interrupted driver cancels its running cells, and a rerun of
   the same command skips what was stored and redoes the rest.
@@ -28,11 +30,11 @@ mini-clip build takes a lock, so cells running side by side on one node share th
 from __future__ import annotations
 
 import os
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunebench.bench.chain import Waits
 from tunebench.bench.runner import SweepSummary, describe_error, refresh_selection, unique_cells
 from tunebench.bench.store import RunStore
 from tunebench.bench.worker import (
@@ -40,6 +42,7 @@ from tunebench.bench.worker import (
     lost_cell_record,
     remove_stale_staging,
     run_cell,
+    source_for,
     staging_root,
 )
 from tunebench.config import RunConfig
@@ -159,7 +162,7 @@ def run_sweep_ray(
     store = RunStore(results_dir)
     summary = SweepSummary()
     cells = unique_cells(configs)
-    todo = deque()
+    todo: list[RunConfig] = []
     for config in cells:
         if store.is_finished(config.config_hash) and not force:
             refresh_selection(store, config)
@@ -168,6 +171,7 @@ def run_sweep_ray(
             todo.append(config)
     if not todo:
         return summary
+    waits = Waits(todo)  # a chained cell is submitted after its source cell has finished
 
     started_ray = _connect(ray, options)
     cluster_has_gpu = ray.cluster_resources().get("GPU", 0) > 0
@@ -179,13 +183,25 @@ def run_sweep_ray(
     bar = progress(total=len(cells), initial=len(summary.skipped), desc="sweep (ray)", unit="run")
     try:
         while todo or running:
-            while todo and len(running) < options.workers:
-                config = todo.popleft()
+            while len(running) < options.workers and (config := next(
+                    (c for c in todo if waits.ready(c)), None)) is not None:
+                todo.remove(config)
+                source, failed = source_for(store, config)  # the driver reads the results folder
+                if failed is not None:  # its source failed: stored failed, not submitted
+                    failed["executor"] = {"kind": "ray", "concurrent_cells": options.workers}
+                    finish_cell(store, config, failed, {}, summary, on_record)
+                    waits.finished(config)
+                    bar.update(1)
+                    continue
                 resources = cell_resources(config, cluster_has_gpu=cluster_has_gpu,
                                            cpus=options.cpus_per_cell)
                 ref = task.options(runtime_env=runtime_env, **resources).remote(
-                    config, options.cpus_per_cell)
+                    config, options.cpus_per_cell, source)
                 running[ref] = config
+            if not running:
+                if todo:  # a source cell is never waiting itself, so this is a bug
+                    raise RuntimeError("cells wait for source cells that are neither pending nor running")
+                break
             bar.set_postfix(ok=len(summary.ok), failed=len(summary.failed),
                             running=len(running), skipped=len(summary.skipped))
             (ref,), _ = ray.wait(list(running), num_returns=1)
@@ -193,6 +209,7 @@ def run_sweep_ray(
             record, files = _collect(ray, ref, config, attempts=1 + options.max_retries)
             record.setdefault("executor", {"kind": "ray", "concurrent_cells": options.workers})
             finish_cell(store, config, record, files, summary, on_record)
+            waits.finished(config)
             bar.update(1)
     except BaseException:
         # Interrupted, or stopped by bad input: nothing of the running cells is stored,

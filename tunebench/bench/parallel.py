@@ -30,6 +30,8 @@ seconds of their group (this sweep's cells and the results folder's stored ones)
 that the sweep does not end on one long cell while the other cores idle. Among equals,
 a cell on a dataset no running cell uses goes first, so that two cells do not wait on
 one dataset's feature-cache lock while the other dataset's features could be computed.
+A chained cell (``init_from``) starts only after its source cell of the same sweep has
+finished (``chain.Waits``); this process loads the source and sends it with the cell.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from contextlib import contextmanager
 from multiprocessing.connection import wait
 from pathlib import Path
 
+from tunebench.bench.chain import ChainSource, Waits
 from tunebench.bench.runner import SweepSummary, describe_error, refresh_selection, unique_cells
 from tunebench.bench.store import RunStore
 from tunebench.bench.worker import (
@@ -52,6 +55,7 @@ from tunebench.bench.worker import (
     lost_cell_record,
     remove_stale_staging,
     run_cell,
+    source_for,
     staging_root,
 )
 from tunebench.config import RunConfig
@@ -87,8 +91,9 @@ def check_jobs(jobs: int, threads: int | None) -> None:
 
 
 def cost_group(config: dict) -> str:
-    """Cells that differ only in dataset, shots and seed cost about the same: one group."""
-    return json.dumps({k: v for k, v in config.items() if k not in ("dataset", "shots", "seed")},
+    """Cells that differ only in dataset, shots and seed (and, chained, in which run of
+    those they start from) cost about the same: one group."""
+    return json.dumps({k: v for k, v in config.items() if k not in ("dataset", "shots", "seed", "init_from")},
                       sort_keys=True, default=str)
 
 
@@ -115,6 +120,11 @@ class Schedule:
         self._group = {c.config_hash: cost_group(c.to_dict()) for c in cells}
         self._running_groups: Counter[str] = Counter()
         self._running_datasets: Counter[str] = Counter()
+        self._waits = Waits(cells)
+
+    def ready(self) -> bool:
+        """Whether a pending cell may start now (a chained cell waits for its source)."""
+        return any(self._waits.ready(c) for c in self.pending)
 
     def estimate(self, config: RunConfig) -> float | None:
         seconds = self.seconds.get(self._group[config.config_hash])
@@ -128,7 +138,9 @@ class Schedule:
                 -self._running_datasets[config.dataset], -position)
 
     def take(self) -> RunConfig:
-        position = max(range(len(self.pending)), key=lambda i: self._priority(i, self.pending[i]))
+        """The next cell to start, among those that may start now (see ``ready``)."""
+        ready = [i for i, c in enumerate(self.pending) if self._waits.ready(c)]
+        position = max(ready, key=lambda i: self._priority(i, self.pending[i]))
         config = self.pending.pop(position)
         self._running_groups[self._group[config.config_hash]] += 1
         self._running_datasets[config.dataset] += 1
@@ -139,6 +151,7 @@ class Schedule:
         self._running_groups[group] -= 1
         self._running_datasets[config.dataset] -= 1
         self.seconds[group].append(seconds)
+        self._waits.finished(config)
 
 
 # ---------------------------------------------------------------- worker processes
@@ -155,8 +168,9 @@ def _worker_main(connection, threads: int) -> None:
             return  # the parent is gone
         if config is None:
             return
+        config, source = config
         try:
-            reply = ("done", *run_cell(config, threads))
+            reply = ("done", *run_cell(config, threads, source))
         except tuple(_STOPPING.values()) as exc:
             reply = ("stop", type(exc).__name__, str(exc))
         except Exception as exc:  # outside the runner's own guard, e.g. the staging folder
@@ -194,10 +208,10 @@ class _Worker:
         self.concurrent = 0
         self.started = 0.0
 
-    def start(self, config: RunConfig) -> None:
+    def start(self, config: RunConfig, source: ChainSource | None = None) -> None:
         self.cell, self.concurrent, self.started = config, 0, time.perf_counter()
         try:
-            self.connection.send(config)
+            self.connection.send((config, source))
         except OSError:
             pass  # it died between cells: reply() finds it gone and the cell is stored failed
 
@@ -258,15 +272,34 @@ def run_sweep_local(
     workers: list[_Worker] = []
     bar = progress(total=len(todo) + len(summary.skipped), initial=len(summary.skipped),
                    desc=f"sweep ({jobs} jobs)", unit="run")
+
+    def next_cell() -> tuple[RunConfig, ChainSource | None] | None:
+        """The next cell that may start, with its loaded source when chained; a cell whose
+        source failed is stored failed here, without a worker."""
+        while schedule.ready():
+            config = schedule.take()
+            source, failed = source_for(store, config)
+            if failed is None:
+                return config, source
+            failed["executor"] = {"kind": "local", "jobs": jobs, "concurrent_cells": 0}
+            finish_cell(store, config, failed, {}, summary, on_record)
+            schedule.finished(config, 0.0)
+            bar.update(1)
+        return None
+
     try:
         while schedule.pending or any(w.cell for w in workers):
             for worker in workers:
-                if worker.cell is None and schedule.pending:
-                    worker.start(schedule.take())
-            while len(workers) < jobs and schedule.pending:  # only as many workers as cells
+                if worker.cell is None and (cell := next_cell()) is not None:
+                    worker.start(*cell)
+            while len(workers) < jobs and (cell := next_cell()) is not None:  # only as many workers as cells
                 workers.append(_Worker(context, threads))
-                workers[-1].start(schedule.take())
+                workers[-1].start(*cell)
             running = [w for w in workers if w.cell is not None]
+            if not running:  # the cells left had failed sources: stored above, without a worker
+                if schedule.pending:  # a source cell is never waiting itself, so this is a bug
+                    raise RuntimeError("cells wait for source cells that are neither pending nor running")
+                continue
             for worker in running:
                 worker.concurrent = max(worker.concurrent, len(running))
             bar.set_postfix(ok=len(summary.ok), failed=len(summary.failed), running=len(running),

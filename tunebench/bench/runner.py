@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from tunebench.bench.chain import ChainSource, chain_order, check_chains, load_source
 from tunebench.bench.store import SCHEMA_VERSION, RunStore
 from tunebench.config import RunConfig
 from tunebench.datasets import dataset_label
@@ -114,10 +115,12 @@ class Runner:
             self._backbones[key] = built.eval()
         return self._backbones[key]
 
-    def run(self, config: RunConfig, *, write: bool = True) -> dict | None:
+    def run(self, config: RunConfig, *, write: bool = True, source: ChainSource | None = None) -> dict | None:
         """Run one cell; returns its record, or None when it was already finished.
 
         ``write=False`` only returns the record: a remote executor's driver stores it.
+        A chained cell (``init_from``) starts from ``source`` when given (a driver loaded
+        it: a worker's store is a staging folder), else from its source in this store.
         """
         key = config.config_hash
         if self.store.is_finished(key) and not self.force:
@@ -136,12 +139,18 @@ class Runner:
         }
         memory = PeakMemory(device)
         try:
+            # Bad input about the source stops here, before anything is stored; a source
+            # whose run failed (SourceFailed) makes this cell a stored failure.
+            source = source or load_source(self.store, config)
+            if source is not None:  # honest accounting: the source's steps and seconds, on the record
+                record["init_from"] = dict(source.summary)
             pristine = self._pristine_backbone(config)  # before seeding: its build uses the RNG
             release_free_memory()
             with memory:
                 seed_everything(config.seed)
                 backbone = copy.deepcopy(pristine).to(device)
-                context = TaskContext(backbone=backbone, device=device, features=self.features)
+                context = TaskContext(backbone=backbone, device=device, features=self.features,
+                                      start=None if source is None else source.tensors)
                 result = task.run(config, context)
             adapter = result.adapter
             record.update(
@@ -163,6 +172,9 @@ class Runner:
             )
             if config.train.save_artifacts:
                 record["artifact"] = self._save_artifact(key, adapter)
+                exports = self._save_exports(key, adapter)
+                if exports:  # only methods that have an ecosystem form (generation's)
+                    record["exports"] = exports
             if result.pictures:
                 record["pictures"] = self._save_pictures(key, result.pictures)
             record["status"] = "ok"
@@ -204,9 +216,23 @@ class Runner:
         return {"path": str(path.relative_to(self.store.results_dir)), "bytes": path.stat().st_size,
                 "tensors": len(tensors)}
 
+    def _save_exports(self, key: str, adapter) -> dict:
+        """The adapter's exports (what it learned in the form a standard pipeline loads)
+        beside the artifact, as artifacts/<hash>-<name>.safetensors, metadata included."""
+        from safetensors.torch import save
 
-def validate_cells(configs: list[RunConfig]) -> None:
-    """Fail before anything runs when a cell names something unknown or cannot run."""
+        saved = {}
+        for name, (tensors, metadata) in sorted(adapter.exports().items()):
+            path = self.store.artifacts_dir / f"{key}-{name}.safetensors"
+            atomic_write_bytes(path, save(tensors, metadata=metadata))
+            saved[name] = {"path": str(path.relative_to(self.store.results_dir)),
+                           "bytes": path.stat().st_size, "tensors": len(tensors)}
+        return saved
+
+
+def validate_cells(configs: list[RunConfig], store: RunStore | None = None) -> None:
+    """Fail before anything runs when a cell names something unknown or cannot run; a
+    chained cell's source is looked for among ``configs``, then in ``store``."""
     for config in configs:
         method_cls, _ = resolve_method(config.method, config.task)
         if method_cls.trains and config.shots < 1:
@@ -216,6 +242,7 @@ def validate_cells(configs: list[RunConfig]) -> None:
         check = getattr(builder, "check", None)
         if check is not None:  # e.g. mini-t2i not built, an image size open_clip cannot take
             check(config)
+    check_chains(configs, store)
     for backbone, pretrained in dict.fromkeys((c.backbone, c.pretrained) for c in configs if c.pretrained):
         check_checkpoint(backbone, pretrained)
 
@@ -250,8 +277,9 @@ def unique_cells(configs: list[RunConfig]) -> list[RunConfig]:
 
 
 def run_sweep(configs: list[RunConfig], runner: Runner) -> SweepSummary:
+    """One cell after another, each chained cell after its source (``chain_order``)."""
     summary = SweepSummary()
-    bar = progress(unique_cells(configs), desc="sweep", unit="run")
+    bar = progress(chain_order(unique_cells(configs)), desc="sweep", unit="run")
     for config in bar:
         record = runner.run(config)
         if record is None:

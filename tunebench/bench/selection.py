@@ -53,10 +53,15 @@ class SelectionPlan:
     metric: str  # the task's higher-is-better validation metric (its ``selection_metric``)
     # One list of trial cells per (backbone, dataset, method), in grid order (lr ascending).
     trials: dict[ChoiceKey, list[RunConfig]]
+    # Keys whose dataset the task scores by another metric (``selection_metric_for``).
+    metrics: dict[ChoiceKey, str] = dataclasses.field(default_factory=dict)
 
     @property
     def cells(self) -> list[RunConfig]:
         return [cell for cells in self.trials.values() for cell in cells]
+
+    def metric_of(self, key: ChoiceKey) -> str:
+        return self.metrics.get(key, self.metric)
 
 
 def selection_store(results_dir: Path) -> RunStore:
@@ -74,21 +79,29 @@ def plan_selection(sweep: SweepConfig) -> SelectionPlan | None:
         raise ConfigError(f"task {sweep.task} has no validation split to select on yet: remove the "
                           "selection: block and set each method's lr in method_config")
     datasets = [spec.pilot["dataset"]] if "dataset" in spec.pilot else sweep.datasets
+    # Each method alone: chained cells (a chain: block) reuse their method's choice.
     pilot = expand(dataclasses.replace(sweep, shots=[spec.pilot["shots"]], seeds=[spec.pilot["seed"]],
-                                       datasets=datasets, selection=None))
+                                       datasets=datasets, selection=None, chain=None))
     trials: dict[ChoiceKey, list[RunConfig]] = {}
+    metrics: dict[ChoiceKey, str] = {}
+    # A task may score some datasets by another metric (generation: CLIP-I for a subject of
+    # your own, which no fidelity judge knows); most name one for all.
+    per_dataset = getattr(TASKS.get(sweep.task), "selection_metric_for", None)
     for cell in pilot:
         method_cls, settings = resolved_method_settings(sweep, cell.method)
         if not method_cls.trains:
             continue
         default = settings["lr"]  # the method's own default: a set lr is refused with selection
         train = dataclasses.replace(cell.train, save_artifacts=False)  # a trial's tensors are not kept
-        trials[(cell.backbone, cell.dataset, cell.method)] = [
+        key = (cell.backbone, cell.dataset, cell.method)
+        trials[key] = [
             dataclasses.replace(cell, train=train, eval_split=SPLIT,
                                 method_config={**cell.method_config, "lr": _grid_value(default * factor)})
             for factor in spec.lr_factors
         ]
-    return SelectionPlan(spec, metric, trials)
+        if per_dataset is not None and (own := per_dataset(cell.dataset)) != metric:
+            metrics[key] = own
+    return SelectionPlan(spec, metric, trials, metrics)
 
 
 def _grid_value(lr: float) -> float:
@@ -115,14 +128,15 @@ def stored_choices(plan: SelectionPlan, store: RunStore) -> dict[ChoiceKey, dict
         if any(r is None for r in records):
             continue
         grid = [cell.method_config["lr"] for cell in cells]
-        scores = [_score(r, plan.metric) for r in records]
+        metric = plan.metric_of(key)
+        scores = [_score(r, metric) for r in records]
         try:
             best = choose(grid, scores, plan.spec.rule)
         except TunebenchError:
             raise TunebenchError(f"every selection trial of {cells[0].method} on {cells[0].dataset} failed: "
                                  f"see their errors in {store.runs_dir}") from None
         choices[key] = {"grid": grid, "scores": scores, "chosen": grid[best], "score": scores[best],
-                        "split": SPLIT, "rule": plan.spec.rule, "metric": plan.metric,
+                        "split": SPLIT, "rule": plan.spec.rule, "metric": metric,
                         "pilot": dict(plan.spec.pilot)}
     return choices
 

@@ -26,8 +26,9 @@ REQUIRED_KEYS = (
     "config_hash", "train_seconds", "eval_seconds", "trainable_params", "total_params",
     "peak_memory_mb", "images_per_second", "metrics", "env",
 )
-# What the runner names its files: artifacts/HASH.safetensors, pictures/HASH-NAME.png.
-_OWN_FILE = re.compile(r"^[0-9a-f]{16}(\.safetensors|-[A-Za-z0-9_.-]+\.png)$")
+# What the runner names its files: artifacts/HASH.safetensors, exports
+# artifacts/HASH-NAME.safetensors, pictures/HASH-NAME.png.
+_OWN_FILE = re.compile(r"^[0-9a-f]{16}(\.safetensors|-[A-Za-z0-9_.-]+\.(png|safetensors))$")
 
 
 class RunStore:
@@ -59,6 +60,7 @@ class RunStore:
         files = list((record.get("pictures") or {}).values())
         if record.get("artifact"):
             files.append(record["artifact"]["path"])
+        files += [export["path"] for export in (record.get("exports") or {}).values()]
         return files
 
     def write(self, record: dict) -> Path:

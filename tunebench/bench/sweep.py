@@ -26,6 +26,14 @@ taking it from ``method_config`` (see ``SelectionSpec`` and ``bench/selection.py
       pilot: {shots: 16, seed: 1}        # the cell each choice is made at (default: largest shots, first seed);
                                          # add dataset: NAME for one choice per method, made there, used everywhere
 
+A ``chain:`` block adds ConES-then-fine-tuning cells at equal total steps (see
+``ChainSpec`` and ``bench/chain.py``)::
+
+    chain:
+      source: cones          # each chained cell starts from a run of this method ...
+      source_steps: 50       # ... of 50 steps, and trains train.steps - 50 itself
+      methods: [lit, full-ft]
+
 ``datasets``, ``backbone``, ``pretrained`` and ``selection.pilot.dataset`` may name
 environment variables as ``${NAME}``, so that one recipe serves every machine
 (``bench-coop-vitb16.yaml`` reads ``${CLIP}`` and ``${DATA}``); the cells store the
@@ -94,6 +102,31 @@ class SelectionSpec:
 
 
 @dataclass(frozen=True)
+class ChainSpec:
+    """ConES then fine-tuning, compared at equal total steps (chaining, ``bench/chain.py``).
+
+    For each dataset, shots and seed: a ``source`` cell of ``source_steps`` steps (the
+    source's own cell but for its steps), and for each of ``methods`` a cell that starts
+    from it (``init_from``: its hash) and trains train.steps − source_steps steps. Every
+    one of them also runs alone at train.steps (they must be in the sweep's ``methods``),
+    so each row of the comparison has train.steps in all. The chained and source cells
+    take the lr chosen for their method alone (the ``selection:`` block, no search of their
+    own), and say so in their ``selection``."""
+
+    source: str = field(default="cones", metadata={"help": "the method whose runs the chained cells start from"})
+    source_steps: int | None = field(default=None, metadata={
+        "help": "the source cells' steps; each chained cell trains train.steps minus these"})
+    methods: list = field(default_factory=list, metadata={"help": "the methods that start from the source"})
+
+    def __post_init__(self) -> None:
+        if self.source_steps is None or self.source_steps < 1:
+            raise ConfigError(f"chain.source_steps must be a whole number >= 1 (the source's steps), "
+                              f"got {self.source_steps!r}")
+        if not self.methods or not all(isinstance(m, str) and m for m in self.methods):
+            raise ConfigError(f"chain.methods must be a non-empty list of method names, got {self.methods!r}")
+
+
+@dataclass(frozen=True)
 class SweepConfig:
     datasets: list
     methods: list
@@ -110,6 +143,8 @@ class SweepConfig:
     init: str = "single"
     # How trained methods' lrs are chosen on validation data (SelectionSpec); None: as set.
     selection: dict | None = None
+    # Chained cells, compared at equal total steps (ChainSpec); None: no chaining.
+    chain: dict | None = None
 
     def __post_init__(self) -> None:
         for name in ("datasets", "methods", "shots", "seeds"):
@@ -136,6 +171,20 @@ class SweepConfig:
                 if "lr" in (values or {}):
                     raise ConfigError(f"method_config.{method} sets lr, but the selection: block chooses every "
                                       "trained method's lr on validation data: remove the lr (or the block)")
+        if self.chain is not None:
+            self.chain_spec  # noqa: B018 -- a bad block stops here, in one line
+
+    @property
+    def chain_spec(self) -> ChainSpec | None:
+        """The ``chain:`` block, checked against the sweep's methods; None without one."""
+        if self.chain is None:
+            return None
+        spec = build_dataclass(ChainSpec, self.chain, "chain")
+        alone = [m for m in (spec.source, *spec.methods) if m not in self.methods]
+        if alone:
+            raise ConfigError(f"chain names {alone}, which 'methods' does not run: each chained method and "
+                              "its source also run alone, for the comparison (and their lr is chosen there)")
+        return spec
 
     @property
     def selection_spec(self) -> SelectionSpec | None:
@@ -222,6 +271,7 @@ def expand(sweep: SweepConfig, choices: dict[ChoiceKey, dict] | None = None) -> 
     train = build_dataclass(TrainConfig, sweep.train, "train")
     task_settings = task_config(TASKS.get(sweep.task), sweep.task_config)
     cells = []
+    alone: dict[tuple, RunConfig] = {}  # (backbone, method, dataset, shots, seed) -> cell, for the chain
     for backbone in sweep.backbones:
         version = backbone_version(backbone, sweep.pretrained)
         for method in sweep.methods:
@@ -243,7 +293,42 @@ def expand(sweep: SweepConfig, choices: dict[ChoiceKey, dict] | None = None) -> 
                         pretrained=sweep.pretrained, backbone_version=version,
                         task_config=dict(task_settings), init=sweep.init, selection=chosen,
                     ))
+                    alone[backbone, method, dataset, shots, seed] = cells[-1]
+    return cells + chain_cells(sweep.chain_spec, alone, train)
+
+
+def chain_cells(spec: ChainSpec | None, alone: dict[tuple, RunConfig], train: TrainConfig) -> list[RunConfig]:
+    """The ``chain:`` block's cells (none without one): per cell of the source method alone,
+    the source at ``source_steps``, then each chained method's cell that starts from it
+    for the rest of train.steps. Sources come before the cells that start from them."""
+    if spec is None:
+        return []
+    if spec.source_steps >= train.steps:
+        raise ConfigError(f"chain.source_steps is {spec.source_steps}, train.steps {train.steps}: the chained "
+                          "methods train train.steps minus the source's steps, so the source needs fewer")
+    cells = []
+    for (backbone, method, dataset, shots, seed), cell in alone.items():
+        if method != spec.source:
+            continue
+        source = dataclasses.replace(cell, train=dataclasses.replace(train, steps=spec.source_steps),
+                                     selection=_reused(cell.selection, f"{method} alone at {train.steps} steps, "
+                                                       f"used for the chain's {spec.source_steps}-step source"))
+        cells.append(source)
+        for chained in spec.methods:
+            base = alone.get((backbone, chained, dataset, shots, seed))
+            if base is None:  # its lr is not chosen yet (selection), or it runs no such cell
+                continue
+            cells.append(dataclasses.replace(
+                base, train=dataclasses.replace(train, steps=train.steps - spec.source_steps),
+                init_from=source.config_hash,
+                selection=_reused(base.selection, f"{chained} alone at {train.steps} steps, used for its "
+                                  f"run chained from {spec.source}: no search of its own")))
     return cells
+
+
+def _reused(selection: dict | None, note: str) -> dict | None:
+    """A choice made for a method alone, on the record of a chain cell that reuses it."""
+    return None if selection is None else {**selection, "chain": f"lr chosen for {note}"}
 
 
 def resolved_method_settings(sweep: SweepConfig, method: str) -> tuple[type, dict]:

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tunebench.bench.chain import ChainSource, SourceFailed, load_source
 from tunebench.bench.runner import cell_keys, store_record
 from tunebench.bench.store import REQUIRED_KEYS, RunStore
 from tunebench.config import RunConfig
@@ -148,9 +149,10 @@ def _kill_hook_for_tests() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def run_cell(config: RunConfig, threads: int) -> tuple[dict, dict[str, bytes]]:
+def run_cell(config: RunConfig, threads: int, source: ChainSource | None = None) -> tuple[dict, dict[str, bytes]]:
     """Body of one cell in a worker (a Ray task, or a local worker process): run it, return (record, {relative path: bytes}) for the
-    files it made (artifact, pictures), which the driver writes."""
+    files it made (artifact, exports, pictures), which the driver writes. A chained cell
+    gets its ``source`` from the driver (``source_for``): the worker reads no results folder."""
     import torch
 
     from tunebench.registry import load_all
@@ -161,7 +163,7 @@ def run_cell(config: RunConfig, threads: int) -> tuple[dict, dict[str, bytes]]:
     with staging_folder() as folder:
         _kill_hook_for_tests()  # dies mid-cell, leaving a staging folder to clean
         runner.store = RunStore(folder)
-        record = runner.run(config, write=False)
+        record = runner.run(config, write=False, source=source)
         files = {relative: (folder / relative).read_bytes() for relative in runner.store.files_of(record)}
     return record, files
 
@@ -184,6 +186,16 @@ def lost_cell_record(config: RunConfig, error: str) -> dict:
         env=environment(torch.device("cpu")),  # the driver's: the worker is gone
     )
     return record
+
+
+def source_for(store: RunStore, config: RunConfig) -> tuple[ChainSource | None, dict | None]:
+    """For a driver, before it hands a cell to a worker: (the chained cell's loaded source,
+    None), or (None, the failed record to store) when that source's run failed. Bad input
+    about the source raises ConfigError, which stops the sweep."""
+    try:
+        return load_source(store, config), None
+    except SourceFailed as exc:
+        return None, lost_cell_record(config, str(exc))
 
 
 def store_cell(store: RunStore, config: RunConfig, record: dict, files: dict[str, bytes]) -> None:

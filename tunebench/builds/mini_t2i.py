@@ -23,7 +23,7 @@ from tunebench.engine.training import Optimization
 from tunebench.models.judge import load_judge
 from tunebench.models.mini_t2i import RECIPE, built_dir, recipe_hash
 from tunebench.models.t2i import TextToImageModel, save_pipeline_folder
-from tunebench.models.t2i_backbones import PIXEL_SETTINGS, make_unet
+from tunebench.models.t2i_backbones import PIXEL_SETTINGS, make_unet, masked_text_encoder
 from tunebench.registry import BACKBONES, BUILDS
 
 # The self-check after training: 8 samples per class name, DDIM 25 steps, judged at each
@@ -119,7 +119,8 @@ def make_untrained(recipe: dict) -> TextToImageModel:
     text_backbone = BACKBONES.get("mini-clip")(None)
     torch.manual_seed(recipe["seed"])
     return TextToImageModel(
-        tokenizer=text_backbone.tokenizer, text_encoder=text_backbone.text_tower.eval().requires_grad_(False),
+        tokenizer=text_backbone.tokenizer,
+        text_encoder=masked_text_encoder(text_backbone.text_tower.eval().requires_grad_(False)),
         unet=make_unet("small", 384), scheduler_config=recipe["scheduler"], settings=PIXEL_SETTINGS,
         content_id="mini-t2i-untrained",
     )

@@ -19,6 +19,7 @@ from tunebench.datasets import (  # noqa: F401
     fashion_mnist,
     imagefolder,
     scenes,
+    subject,
     synthetic,
     textile,
     tiny,

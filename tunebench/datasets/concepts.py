@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -55,6 +56,15 @@ class ConceptDataset:
     validation: ArrayImages  # held-out real images for selection trials
     test: ArrayImages  # this class's test images (real-image calibration)
     native_size: int
+
+    # What the generation task asks every dataset it runs on (SubjectDataset answers too).
+    judged: ClassVar[bool] = True  # the fidelity judge knows every concept's class
+    selection_metric: ClassVar[str] = "fidelity"  # the report's headline, on validation seeds
+    initializer: ClassVar[None] = None  # none by default: task_config.initializers names each concept's
+
+    def facts(self) -> dict:
+        """Nothing beyond ``concept``: the concept's images are package data."""
+        return {}
 
     def references(self, shots: int, seed: int) -> np.ndarray:
         """Indices into ``train`` of the K reference images for ``seed``."""

@@ -8,7 +8,7 @@ Adding a method therefore touches no other file: drop a module here.
 import importlib
 import pkgutil
 
-_SUPPORT_MODULES = {"base", "prompting"}
+_SUPPORT_MODULES = {"base", "exports", "prompting"}
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in _SUPPORT_MODULES and not _module.name.startswith("_"):

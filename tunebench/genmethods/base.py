@@ -16,8 +16,10 @@ is where the concept lives and what must run to produce that conditioning:
     full-ft, unet-attn UNet weights (all, or attention projections); fixed prompts whose
                        states are computed once
 
-The runner calls ``trainable_named_parameters``, ``trainable_count``, ``total_count`` and
-``artifact`` on any adapter, as for classification adapters. To add a method: one module
+The runner calls ``trainable_named_parameters``, ``trainable_count``, ``total_count``,
+``artifact`` and ``exports`` on any adapter, as for classification adapters; here
+``exports`` gives what was learned in a form a diffusers pipeline loads
+(``genmethods/exports.py``). To add a method: one module
 in ``tunebench/genmethods/`` registered with ``@METHODS.register("name")``; its ``tasks``
 is ``("generation",)``, and a name the other tasks already use joins that method's entry.
 """
@@ -43,6 +45,7 @@ class ConceptPrompts:
 
     initializer: str  # a word the tokenizer keeps as one token ("horse"): where the concept starts
     prompts: tuple[str, ...]  # every prompt of the run, "{}" where the concept goes
+    name: str = "concept"  # "zebra": its token in exports is "<zebra>" (genmethods/exports.py)
 
     def filled(self, words: str) -> list[str]:
         return [p.format(words) for p in self.prompts]
@@ -94,5 +97,8 @@ class GenerationAdapter(TrainableParts, nn.Module, ABC):
         return self
 
     def artifact(self) -> dict[str, torch.Tensor]:
-        """The trained tensors: the concept vector (TI, ConES), K/V weights (unet-attn), the UNet (full-ft)."""
-        return {n: p.detach().cpu().contiguous() for n, p in self.trainable_named_parameters()}
+        """The trained tensors: the concept vector (TI, ConES), K/V weights (unet-attn), the UNet
+        (full-ft); and what a start from another run fixed (``held_tensors``: a chained run's
+        ConES concept state)."""
+        return {**{n: p.detach().cpu().contiguous() for n, p in self.trainable_named_parameters()},
+                **self.held_tensors()}

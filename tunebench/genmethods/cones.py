@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from tunebench.genmethods.base import GenerationAdapter
-from tunebench.genmethods.prompting import SlotPrompts, one_token
+from tunebench.genmethods.exports import cones_export
+from tunebench.genmethods.prompting import initializer_states
 from tunebench.methods.base import MethodConfig, learning_rate
 from tunebench.registry import METHODS
 
@@ -38,17 +39,23 @@ class Cones(GenerationAdapter):
 
     def __init__(self, model, concept, config) -> None:
         super().__init__(model, concept, config)
-        slots = SlotPrompts(model, concept)
-        tokens = model.tokenize(concept.filled(concept.initializer))
-        slots.check_same_slots(tokens, one_token(model, concept.initializer, "initializer word"))
-        with torch.no_grad():
-            states = model.encode_prompt_tokens(tokens)  # the one text-encoder pass
+        states, mask, slot_mask = initializer_states(model, concept)  # the one text-encoder pass
         self.register_buffer("states", states, persistent=False)
-        self.register_buffer("mask", model.encoder_mask(tokens), persistent=False)
-        self.register_buffer("slot_mask", slots.slot_mask, persistent=False)
-        self.concept_state = nn.Parameter(states[slots.slot_mask].mean(0).clone())  # (W,)
+        self.register_buffer("mask", mask, persistent=False)
+        self.register_buffer("slot_mask", slot_mask, persistent=False)
+        self.concept_state = nn.Parameter(states[slot_mask].mean(0).clone())  # (W,)
 
     def conditioning(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         kept = self.states[index]
         slot = self.slot_mask[index].unsqueeze(-1)
         return torch.where(slot, self.concept_state.to(kept.dtype), kept), self.mask[index]
+
+    @classmethod
+    def chain_tensors(cls, artifact):
+        """What a chained UNet run (``init_from: cones``) conditions on: the learned state."""
+        return {"concept_state": artifact["concept_state"]}
+
+    def exports(self):
+        """The learned output state and its initializer word: with them,
+        ``exports.cones_prompt_embeds`` rebuilds this conditioning for any prompt on a pipeline."""
+        return {"cones": cones_export(self.model, self.concept, self.concept_state)}

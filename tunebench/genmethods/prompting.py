@@ -5,6 +5,9 @@
   the input; ConES writes its vector at the same position among the output states.
 - ``FrozenStates``: prompts whose conditioning never changes while tuning (a frozen text
   encoder over fixed words), encoded once.
+- ``initializer_states``: ConES's one text pass (the prompts with the initializer word in
+  the concept's slot), and ``ConceptStates``: that pass with a ConES run's learned state
+  in the slot, held fixed (what a run chained from ConES conditions on).
 
 Because the initializer word and the placeholder are one token each, a prompt filled
 with either has the same length and the concept at the same position, which is what
@@ -67,6 +70,38 @@ class FrozenStates(nn.Module):
         with torch.no_grad():
             self.register_buffer("states", model.encode_prompt_tokens(tokens), persistent=False)
         self.register_buffer("mask", model.encoder_mask(tokens), persistent=False)
+
+    def forward(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.states[index], self.mask[index]
+
+
+def initializer_states(model: TextToImageModel, concept: ConceptPrompts) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                   torch.Tensor]:
+    """(states (P, L, W), cross-attention mask (P, L), slot mask (P, L)) of every prompt with
+    the initializer word in the concept's slot: ConES's one text-encoder pass."""
+    slots = SlotPrompts(model, concept)
+    tokens = model.tokenize(concept.filled(concept.initializer))
+    slots.check_same_slots(tokens, one_token(model, concept.initializer, "initializer word"))
+    with torch.no_grad():
+        states = model.encode_prompt_tokens(tokens)
+    return states, model.encoder_mask(tokens), slots.slot_mask.to(states.device)
+
+
+class ConceptStates(nn.Module):
+    """ConES's conditioning with the concept's state held fixed: the initializer pass with
+    ``state`` (W,) in every slot, as a ConES run conditions after tuning. The state is a
+    persistent buffer (saved in the artifact of the run that holds it)."""
+
+    def __init__(self, model: TextToImageModel, concept: ConceptPrompts, state: torch.Tensor) -> None:
+        super().__init__()
+        states, mask, slot = initializer_states(model, concept)
+        if state.shape != states.shape[-1:]:
+            raise ConfigError(f"the source run's concept state has shape {tuple(state.shape)}; this model's "
+                              f"text states are {states.shape[-1]} wide: start from a run on the same backbone")
+        state = state.to(states)
+        self.register_buffer("concept_state", state.clone())
+        self.register_buffer("states", torch.where(slot.unsqueeze(-1), state, states), persistent=False)
+        self.register_buffer("mask", mask, persistent=False)
 
     def forward(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.states[index], self.mask[index]

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from tunebench.genmethods.base import GenerationAdapter
+from tunebench.genmethods.exports import textual_inversion_export
 from tunebench.genmethods.prompting import SlotPrompts, one_token
 from tunebench.methods.textual_inversion import TextualInversionConfig
 from tunebench.registry import METHODS
@@ -37,3 +38,8 @@ class TextualInversion(GenerationAdapter):
         slot = self.slots.slot_mask[index].unsqueeze(-1)
         embeds = torch.where(slot, self.token.to(embeds.dtype), embeds)
         return self.model.encode_prompt_tokens(tokens, inputs_embeds=embeds), self.model.encoder_mask(tokens)
+
+    def exports(self):
+        """The token as diffusers' textual-inversion example saves it: ``pipe.load_textual_inversion``
+        adds it to a pipeline's tokenizer and embedding table as a new word."""
+        return {"learned_embeds": textual_inversion_export(self.model, self.concept, self.token)}

@@ -129,6 +129,38 @@ class TrainableParts:
         params = [p for _, p in self.trainable_named_parameters()]
         return [{"params": params, "lr": self.config.lr, "weight_decay": self.config.weight_decay}]
 
+    # ---- chaining (bench/chain.py): a run that starts from another run's result ----------
+    # The methods whose finished runs this one can start from (``init_from``); () for a
+    # method that cannot. A method that can implements ``start_from``.
+    chains_from: ClassVar[tuple[str, ...]] = ()
+
+    def start_from(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Start from another run's result: ``tensors`` are what the source method's
+        ``chain_tensors`` made of that run's artifact. The task calls it once, after the
+        adapter is built and moved to its device, inside the train clock; what it fixes
+        is kept in persistent buffers, which ``artifact`` saves."""
+        raise ConfigError(f"method {type(self).__name__} cannot start from another run (init_from)")
+
+    @classmethod
+    def chain_tensors(cls, artifact: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What a finished run of this method hands the runs that start from it, read from
+        its saved ``artifact``; a method that is no source has none."""
+        raise ConfigError(f"runs of {cls.__name__} are no source for other runs (init_from)")
+
+    def held_tensors(self) -> dict[str, torch.Tensor]:
+        """The method's own persistent buffers (outside the wrapped model): tensors its
+        result depends on that do not train, such as what ``start_from`` fixed."""
+        state = self.state_dict(keep_vars=True)
+        wrapped = ("backbone.", "model.")
+        return {n: b.detach().cpu().contiguous() for n, b in self.named_buffers()
+                if n in state and not n.startswith(wrapped)}
+
+    def exports(self) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]]:
+        """What the run learned in the form its ecosystem loads (a diffusers
+        ``learned_embeds.safetensors``, ...): name -> (tensors, safetensors metadata).
+        The runner writes each beside the artifact when it saves artifacts; none here."""
+        return {}
+
 
 class MethodAdapter(TrainableParts, nn.Module, ABC):
     """Base class. Subclasses create their parameters in ``__init__`` after super()."""
@@ -225,8 +257,10 @@ class MethodAdapter(TrainableParts, nn.Module, ABC):
 
     # ---- artifact ---------------------------------------------------------------------
     def artifact(self) -> dict[str, torch.Tensor]:
-        """What must be saved to reproduce the tuned model on top of the backbone."""
-        return {n: p.detach().cpu().contiguous() for n, p in self.trainable_named_parameters()}
+        """What must be saved to reproduce the tuned model on top of the backbone: the
+        trained tensors, and those a start from another run fixed (``held_tensors``)."""
+        return {**{n: p.detach().cpu().contiguous() for n, p in self.trainable_named_parameters()},
+                **self.held_tensors()}
 
 
 def resolve_method(name: str, task: str | None = None) -> tuple[type, dict]:

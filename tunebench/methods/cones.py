@@ -39,6 +39,12 @@ class Cones(MethodAdapter):
     def class_embeddings(self) -> torch.Tensor:
         return F.normalize(self.concepts, dim=-1)
 
+    @classmethod
+    def chain_tensors(cls, artifact):
+        """What a chained run (lit, full-ft: ``init_from: cones``) starts from: the class
+        embeddings as ConES scores with them, its saved concepts normalised."""
+        return {"class_embeddings": F.normalize(artifact["concepts"], dim=-1)}
+
     def new_class_scorer(self, classes):
         """Concepts are learned per class, so new classes are scored zero-shot: their
         names' start prompts through the frozen text encoder (ConES's own starting point)."""

@@ -24,6 +24,7 @@ class FullFinetune(MethodAdapter):
     summary = "every backbone parameter trains; images go through the image tower each step"
     config_class = FullFinetuneConfig
     tasks = (*MethodAdapter.tasks, "align")  # it trains the towers, so it can align them
+    chains_from = ("cones",)  # init_from: a ConES run's class embeddings (start_from)
 
     def __init__(self, backbone, classes, config) -> None:
         super().__init__(backbone, classes, config)
@@ -41,3 +42,8 @@ class FullFinetune(MethodAdapter):
     def new_class_scorer(self, classes):
         """The new names' start prompts, through the fine-tuned text tower."""
         return self.score_with(start_embeddings(self.backbone, classes))
+
+    def start_from(self, tensors):
+        """Start at a ConES run's class embeddings (``init_from``), as lit does: the prompts
+        through the training tower plus a fixed offset (``FixedPrompts.start_at``)."""
+        self.prompts.start_at(self.backbone, tensors["class_embeddings"])

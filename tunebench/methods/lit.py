@@ -140,6 +140,7 @@ class Lit(MethodAdapter):
     config_class = LitConfig
     variant_field = "preset"
     tasks = (*MethodAdapter.tasks, "align")  # what it trains is inside the towers, so it can align them
+    chains_from = ("cones",)  # init_from: a ConES run's class embeddings (start_from)
 
     def __init__(self, backbone, classes, config) -> None:
         super().__init__(backbone, classes, config)
@@ -179,6 +180,12 @@ class Lit(MethodAdapter):
     def new_class_scorer(self, classes):
         """The new names' start prompts, through the tuned towers (bottlenecks included)."""
         return self.score_with(start_embeddings(self.backbone, classes))
+
+    def start_from(self, tensors):
+        """Start at a ConES run's class embeddings (``init_from``): the fixed prompts through
+        the tower as it trains, plus a fixed offset that makes step 0 score as that run
+        (``FixedPrompts.start_at``)."""
+        self.prompts.start_at(self.backbone, tensors["class_embeddings"], self.pooled)
 
     def optimizer_groups(self) -> list[dict]:
         if self.config.pretrained_lr_scale == 1:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunebench.errors import ConfigError
 from tunebench.methods.base import ClassPrompts
 from tunebench.models.base import TokenBatch, VisionLanguageBackbone
 
@@ -91,13 +92,35 @@ class FixedPrompts(nn.Module):
         super().__init__()
         self.per_class = len(classes.start_templates)
         self.tokens = backbone.tokenize([text for texts in classes.start_texts() for text in texts])
+        # Set by ``start_at`` (a chained run): added to every encoding, held fixed. A
+        # persistent buffer, so the run's artifact saves it; None (and unsaved) otherwise.
+        self.register_buffer("offset", None)
 
     def encode(self, backbone: VisionLanguageBackbone, pooled: torch.Tensor | None = None) -> torch.Tensor:
         """(C, D) normalised class embeddings through the encoder as it is now; from
         ``pooled`` features (``encode_text_pooled`` of ``tokens``) when given, so a
         frozen tower's output computed once is only projected."""
+        embeddings = self._through_tower(backbone, pooled)
+        return embeddings if self.offset is None else F.normalize(embeddings + self.offset, dim=-1)
+
+    def _through_tower(self, backbone: VisionLanguageBackbone, pooled: torch.Tensor | None) -> torch.Tensor:
         text = backbone.encode_text(self.tokens) if pooled is None else backbone.text_projection(pooled)
         return class_means(text, self.per_class)
+
+    @torch.no_grad()
+    def start_at(self, backbone: VisionLanguageBackbone, embeddings: torch.Tensor,
+                 pooled: torch.Tensor | None = None) -> None:
+        """Make ``encode`` start at ``embeddings`` (C, D; a ConES run's class embeddings):
+        offset = embeddings − the tower's encoding now, computed once and held fixed, so
+        class embedding = normalise(tower(prompts) + offset). At step 0 that is
+        normalise(embeddings), which is ``embeddings`` (they are normalised), so the
+        scores are the source run's; as the tower trains, its change moves them. Adding
+        before normalising keeps what is scored unit-length, as every method's is."""
+        now = self._through_tower(backbone, pooled)
+        if tuple(embeddings.shape) != tuple(now.shape):
+            raise ConfigError(f"the source run has {tuple(embeddings.shape)} class embeddings, this run's "
+                              f"classes need {tuple(now.shape)}: start from a run on the same classes")
+        self.offset = embeddings.to(now) - now
 
 
 @torch.no_grad()

@@ -29,7 +29,12 @@ from tunebench.errors import ConfigError
 from tunebench.models import mini_clip
 from tunebench.models.checkpoints import file_digest
 from tunebench.models.t2i import TextToImageModel, load_pipeline_folder
-from tunebench.models.t2i_backbones import PIXEL_SETTINGS, SCHEDULER, unet_config
+from tunebench.models.t2i_backbones import (
+    PIXEL_SETTINGS,
+    SCHEDULER,
+    masked_text_encoder,
+    unet_config,
+)
 from tunebench.paths import tunebench_cache_dir
 from tunebench.registry import BACKBONES
 
@@ -74,6 +79,9 @@ def build_mini_t2i_backbone(argument: str | None = None, *, pretrained: str | No
         raise ConfigError(f"mini-t2i is not built in {folder}: run `tunebench build mini-t2i` "
                           "(~30 min on one core, once per machine)")
     model = load_pipeline_folder(folder, content_id="pending")
+    # Builds made before the flag was written into text_encoder/config.json lack it; every
+    # build was trained with the padding mask, so it is declared here whatever the file says.
+    masked_text_encoder(model.text_encoder)
     model.content_id = f"mini-t2i-{file_digest(folder / 'unet' / 'diffusion_pytorch_model.safetensors')}"
     return model
 

@@ -39,7 +39,8 @@ class T2ISettings:
     """How tunebench drives a pipeline folder; SD defaults when the folder has no file."""
 
     # Prompts are padded to this many tokens (SD: the tokenizer's 77). None = the tokenizer's
-    # own limit, capped at the text encoder's position table.
+    # own limit (``model_max_length``, what a diffusers pipeline pads to), capped at the
+    # text encoder's position table for tokenizers that declare no limit.
     max_length: int | None = None
     # Pass the padding mask to the UNet's cross-attention. SD was trained without it (it
     # attends to CLIP's padding states); mini-t2i, conditioned on BERT states, with it.
@@ -103,12 +104,21 @@ class TextToImageModel(nn.Module):
 
     # ---- text side ---------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> TokenBatch:
-        """Every prompt padded to ``max_length``: conditioning of any two prompts stacks."""
-        enc = self.tokenizer(list(texts), padding="max_length", truncation=False,
-                             max_length=self.max_length, return_tensors="pt")
-        if enc["input_ids"].shape[1] > self.max_length:
-            longest = max(texts, key=lambda t: len(self.tokenizer(t)["input_ids"]))
+        """Every prompt padded to ``max_length``, called as diffusers' ``encode_prompt``
+        calls the tokenizer (padding="max_length", truncation on), so the ids are the ones
+        a standard pipeline feeds its text encoder; conditioning of any two prompts stacks.
+
+        Where the pipeline would silently cut a long prompt (and warn), this refuses it:
+        a tuning prompt that lost its last words, possibly the concept's slot, would
+        measure something else than its text says. Within the limit the two agree.
+        """
+        texts = list(texts)
+        lengths = [len(ids) for ids in self.tokenizer(texts)["input_ids"]]
+        if lengths and max(lengths) > self.max_length:
+            longest = texts[lengths.index(max(lengths))]
             raise ConfigError(f"prompt {longest!r} is longer than {self.max_length} tokens: shorten it")
+        enc = self.tokenizer(texts, padding="max_length", truncation=True,
+                             max_length=self.max_length, return_tensors="pt")
         return TokenBatch(enc["input_ids"], enc["attention_mask"])
 
     def word_token_ids(self, text: str) -> list[int]:
@@ -122,7 +132,9 @@ class TextToImageModel(nn.Module):
         return self.token_embedding().embedding_dim
 
     def encode_prompt_tokens(self, tokens: TokenBatch, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        """Token-level conditioning (N, L, W): the text encoder's last hidden states.
+        """Token-level conditioning (N, L, W): the text encoder's last hidden states,
+        computed as the loaded pipeline computes them (the padding mask passed only when
+        ``text_mask`` says so), so that training, sampling and a standard pipeline agree.
 
         With ``inputs_embeds`` (N, L, W) those vectors replace the token-embedding lookup.
         It is done with a hook on the embedding table rather than the encoder's own
@@ -131,15 +143,27 @@ class TextToImageModel(nn.Module):
         """
         device = self.device
         tokens = tokens.to(device)
+        mask = tokens.attention_mask if self.text_mask else None
         handle = None
         if inputs_embeds is not None:
             handle = self.token_embedding().register_forward_hook(lambda _m, _i, _o: inputs_embeds)
         try:
-            out = self.text_encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+            out = self.text_encoder(input_ids=tokens.input_ids, attention_mask=mask)
         finally:
             if handle is not None:
                 handle.remove()
         return out.last_hidden_state
+
+    @property
+    def text_mask(self) -> bool:
+        """Whether the text encoder gets the padding mask: diffusers' rule, read where
+        ``StableDiffusionPipeline.encode_prompt`` reads it (``use_attention_mask`` on the
+        text encoder's config; absent means no). SD's CLIP was trained without one: its
+        real-token states are the same either way (causal attention), but the padding
+        states, which the UNet attends to, are not. mini-t2i's BERT tower declares True
+        (``t2i_backbones.masked_text_encoder``). Read at each call, not cached, so a
+        loader may declare it after building the model."""
+        return bool(getattr(self.text_encoder.config, "use_attention_mask", False))
 
     def encoder_mask(self, tokens: TokenBatch) -> torch.Tensor:
         """The cross-attention mask the UNet gets (all ones when the model uses none)."""

@@ -61,6 +61,21 @@ SCHEDULER = {  # DDPM training schedule; the cosine schedule suits small images
 PIXEL_SETTINGS = T2ISettings(max_length=16, encoder_mask=True, pad=2)
 
 
+def masked_text_encoder(text_encoder):
+    """Declare mini-t2i's text convention on its BERT tower: the padding mask goes in.
+
+    mini-t2i is not a Stable Diffusion pipeline (pixel space, no VAE, a BERT tower, 16
+    tokens, a UNet that masks padding too), and it was trained with BERT run the way BERT
+    is meant to be run: with its padding mask. Unlike CLIP's causal tower, BERT attends
+    both ways, so without the mask every real-token state would change. The flag is the
+    one diffusers' ``encode_prompt`` reads (``config.use_attention_mask``), so the same
+    single rule (``TextToImageModel.text_mask``) serves every backbone, and a diffusers
+    pipeline given these parts would encode as mini-t2i was trained.
+    """
+    text_encoder.config.use_attention_mask = True
+    return text_encoder
+
+
 def unet_config(size: str, cross_attention_dim: int) -> dict:
     return {
         "sample_size": 32, "in_channels": 1, "out_channels": 1, "layers_per_block": 1,
@@ -88,7 +103,7 @@ def random_pixel_model(text: str, unet: str, *, content_id: str) -> TextToImageM
         encoder = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=64,
                                        **TEXT_SIZES[text]), add_pooling_layer=False)
         model = TextToImageModel(
-            tokenizer=tokenizer, text_encoder=encoder.eval(),
+            tokenizer=tokenizer, text_encoder=masked_text_encoder(encoder.eval()),
             unet=make_unet(unet, TEXT_SIZES[text]["hidden_size"]).eval(),
             scheduler_config=SCHEDULER, settings=PIXEL_SETTINGS, content_id=content_id,
         )

@@ -24,6 +24,7 @@ from tunebench.bench.store import REQUIRED_KEYS
 from tunebench.errors import TunebenchError
 from tunebench.paths import atomic_write_text
 from tunebench.registry import current_method_name
+from tunebench.report.chain import summary_problem
 from tunebench.report.checks import cost_problem, is_finite_number, metrics_problem, schema_problem
 from tunebench.report.sections import Options, section_of, sections
 from tunebench.report.style import method_key
@@ -78,6 +79,8 @@ def _problem(run, metric: str) -> str | None:
             return f"{key} is not an integer"
     if run["status"] not in ("ok", "failed"):
         return f"unknown status {run['status']!r}"
+    if problem := summary_problem(run):
+        return problem
     if run["status"] == "failed":
         return None
     if not isinstance(run["metrics"], dict) or not is_finite_number(run["metrics"].get(metric)):
@@ -119,10 +122,12 @@ def load_runs(runs_dir: Path, *, metric: str = "top1") -> Runs:
 
 
 def _cell_key(run: dict) -> tuple:
-    """What one seed of one table cell is: two records with this key must not both count."""
+    """What one seed of one table cell is: two records with this key must not both count.
+    A chained run (``init_from``) is a cell of its own beside the same method alone."""
     train = (run.get("config") or {}).get("train") or {}
+    source = run["init_from"]["hash"] if isinstance(run.get("init_from"), dict) else None
     return (run["task"], run["dataset"], run["backbone"], run["method"], run["shots"], run["seed"],
-            train.get("steps"))
+            train.get("steps"), source)
 
 
 def _current(runs: list[dict]) -> tuple[list[dict], list[str]]:

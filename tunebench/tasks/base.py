@@ -17,6 +17,9 @@ class TaskContext:
     backbone: VisionLanguageBackbone  # a private copy: the task may change its weights
     device: torch.device
     features: FeatureCache
+    # A chained cell's start (``init_from``): the tensors its source run hands on (the
+    # source method's ``chain_tensors`` of that run's artifact), loaded by the runner.
+    start: dict[str, torch.Tensor] | None = None
 
 
 @dataclass
@@ -55,3 +58,13 @@ def method_and_settings(config) -> tuple[type, object]:
     method_cls, values = merge_variant(config.method, config.task, config.method_config)
     check_init(method_cls, config.init, config.method)
     return method_cls, method_config(method_cls, values, f"method_config.{config.method}")
+
+
+def with_start(adapter, context: TaskContext):
+    """``adapter``, started from its cell's source run when the cell is chained
+    (``context.start``; see bench/chain.py). A task that builds its adapters through here
+    can run chained cells, and says so with ``chains = True``; call it inside the train
+    clock, as what the start computes (a text pass) is tuning cost."""
+    if context.start is not None:
+        adapter.start_from(context.start)
+    return adapter

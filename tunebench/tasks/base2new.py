@@ -35,6 +35,9 @@ class BaseToNew(FewShotClassification):
     curve_keys = ("base", "new", "h")
     # Selection scores base-class validation images only: the new classes stay unseen.
     selection_metric = "base"
+    # Chaining (init_from) is left to fewshot-cls, detect and generation: ConES's embeddings
+    # exist for the base half only, and the base-to-new report has no chained rows.
+    chains = False
 
     def validate(self, config: RunConfig) -> None:
         super().validate(config)

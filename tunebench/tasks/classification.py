@@ -37,7 +37,13 @@ from tunebench.errors import ConfigError
 from tunebench.methods.base import ClassPrompts, MethodAdapter, Scorer
 from tunebench.models.base import count_parameters
 from tunebench.registry import TASKS
-from tunebench.tasks.base import TaskContext, TaskResult, method_and_settings, refuse_detectors
+from tunebench.tasks.base import (
+    TaskContext,
+    TaskResult,
+    method_and_settings,
+    refuse_detectors,
+    with_start,
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,8 @@ class FewShotClassification:
     curve_keys: tuple[str, ...] = ("top1",)
     # The higher-is-better metric that lr selection reads from a validation run's metrics.
     selection_metric: ClassVar[str] = "top1"
+    # Adapters are built through ``tasks.base.with_start``: a cell may start from another run.
+    chains: ClassVar[bool] = True
 
     def training_classes(self, dataset: ClassificationDataset) -> TrainingClasses:
         return TrainingClasses(dataset)
@@ -113,7 +121,7 @@ class FewShotClassification:
         classes = self.training_classes(dataset)
 
         with train_watch.measure():  # building the adapter (e.g. ConES's text pass) is tuning cost
-            adapter = method_cls(backbone, classes.prompts(config.init), settings).to(device)
+            adapter = with_start(method_cls(backbone, classes.prompts(config.init), settings).to(device), context)
         pixels = backbone.image_tower_trains()
         cache_seconds_before = context.features.seconds_computing
 

@@ -47,7 +47,7 @@ from tunebench.models.detector import to_image_list
 from tunebench.models.mini_det import is_detection_backbone
 from tunebench.paths import tunebench_cache_dir
 from tunebench.registry import TASKS
-from tunebench.tasks.base import TaskContext, TaskResult, method_and_settings
+from tunebench.tasks.base import TaskContext, TaskResult, method_and_settings, with_start
 from tunebench.tasks.detection_draw import draw_predictions
 from tunebench.tasks.detection_eval import coco_metrics, coco_results, detections
 from tunebench.tasks.detection_regions import RegionCache, compute_regions
@@ -88,6 +88,8 @@ class Detect:
     # differ. Base AP stays in every record, so a choice that buys novel AP by losing
     # base classes shows up in the final runs.
     selection_metric = "novel_bbox_ap"
+    # Adapters are built through ``tasks.base.with_start``: a cell may start from another run.
+    chains = True
 
     def validate(self, config: RunConfig) -> None:
         dataset = load_dataset(config.dataset)
@@ -115,8 +117,8 @@ class Detect:
         train_watch, eval_watch = Stopwatch(device), Stopwatch(device)
 
         with train_watch.measure():  # building the adapter (e.g. ConES's text pass) is tuning cost
-            adapter = method_cls(backbone, ClassPrompts(dataset.classnames, dataset.templates, config.init),
-                                 method_settings).to(device)
+            classes = ClassPrompts(dataset.classnames, dataset.templates, config.init)
+            adapter = with_start(method_cls(backbone, classes, method_settings).to(device), context)
         live = backbone.image_tower_trains() or any(p.requires_grad for p in backbone.detector.parameters())
 
         split_name = config.eval_split

@@ -1,17 +1,19 @@
 """``generation``: personalised text-to-image — learn a new concept from K images.
 
-A cell is (method, concept, K = ``shots``, seed). The dataset names the concept
-(``concept:zebra``): a class the text-to-image model never saw. Per seed, K reference
-images are drawn from the concept's training images; each method learns the concept
+A cell is (method, concept, K = ``shots``, seed). The dataset names the concept: a
+built-in one (``concept:zebra``, a class the text-to-image model never saw) or your own
+subject (``subject:PATH``, a folder of photos of one thing; ``datasets/subject.py``).
+Per seed, K reference images are drawn from the concept's pool; each method learns it
 from them with the standard denoising loss (noise prediction MSE at random timesteps,
 random references with horizontal flips, random training templates), AdamW with
 warm-up + cosine, the same steps and batch for every method.
 
 Measured, per run (``metrics``):
-- quality after tuning: fidelity, CLIP-I, CLIP-T, diversity (see ``gen_eval``), with
-  the scores of real held-out images of the concept beside them for calibration;
-- a fidelity-vs-train-time curve at checkpoint fractions of the steps (the train clock
-  is paused while the checkpoints are scored), and seconds to the fidelity threshold;
+- quality after tuning: fidelity, CLIP-I, CLIP-T, diversity, DINO when a model is
+  given (see ``gen_eval``), with calibration beside them (how real images score);
+- a quality-vs-train-time curve at checkpoint fractions of the steps (the train clock
+  is paused while the checkpoints are scored): fidelity, and seconds to the fidelity
+  threshold, for the built-in concepts; CLIP-I for a subject, which no judge knows;
 - step timing for the text-encoder-share analysis: median seconds per training step,
   and median seconds to produce (forward + backward) one batch's conditioning, timed
   apart after training. For textual inversion the latter is the text encoder's part of
@@ -19,7 +21,8 @@ Measured, per run (``metrics``):
 
 With ``eval_split: validation`` (a selection trial) every quality measure is taken on
 held-out material (see ``gen_eval``): samples from other seeds, CLIP-I against the
-concept's validation images. ``selection_metric`` is fidelity.
+dataset's validation images. Trials are compared by fidelity on a built-in concept and
+by CLIP-I against the held-out photos on a subject (``selection_metric_for``).
 
 Train seconds include building the adapter (ConES's one text pass, the frozen prompts'
 encoding) and encoding the references. Timing-only backbones (random weights) skip
@@ -31,6 +34,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +42,7 @@ import torch.nn.functional as F
 from tunebench.config import RunConfig, build_dataclass
 from tunebench.datasets import load_dataset
 from tunebench.datasets.concepts import ConceptDataset
+from tunebench.datasets.subject import HOLD_OUT_FROM, SubjectDataset
 from tunebench.engine.checkpoints import Checkpoints
 from tunebench.engine.measure import Stopwatch, synchronize
 from tunebench.engine.training import Optimization, autocast_for
@@ -45,17 +50,37 @@ from tunebench.errors import ConfigError
 from tunebench.genmethods.base import ConceptPrompts
 from tunebench.registry import BACKBONES, TASKS
 from tunebench.scores import seconds_to_threshold
-from tunebench.tasks.base import TaskContext, TaskResult, method_and_settings
+from tunebench.tasks.base import TaskContext, TaskResult, method_and_settings, with_start
 from tunebench.tasks.gen_eval import Evaluator
 
 # Fewer held-out images than this make CLIP-I against them too noisy to rank trials by.
 MIN_VALIDATION_IMAGES = 16
+# A subject is 3-20 photos: its held-out few are all there is. Two is the least whose mean
+# is not one photo's framing; the samples (prompts × seeds) carry the rest of the noise.
+MIN_SUBJECT_VALIDATION = 2
+
+# Evaluation prompts for a subject of your own, in the manner of DreamBooth's evaluation
+# (written for tunebench): the subject put somewhere new, given an accessory, or changed in
+# a property. Short enough for mini-t2i's 16 tokens with "sks <noun>" in the slot.
+SUBJECT_PROMPTS = [
+    "a photo of a {} on a snowy hill.",  # recontextualisation
+    "a photo of a {} on a sandy beach.",
+    "a photo of a {} in a busy city street.",
+    "a photo of a {} on a wooden kitchen table.",
+    "a photo of a {} wearing a knitted scarf.",  # accessories
+    "a photo of a {} with a tiny crown.",
+    "a photo of a green {}.",  # properties: colour, and rendering
+    "a pencil sketch of a {}.",
+]
 
 
-def _setting(default, help: str):
+def _setting(default, help: str, *, added_later: bool = False):
+    # added_later: left out of a cell's hash while at its default (config.task_config), so
+    # the cells stored before the setting existed are still found.
+    metadata = {"help": help, **({"added_later": True} if added_later else {})}
     if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -65,14 +90,17 @@ class GenerationSettings:
     # a boot (the base model knows "sneaker"/"sandal", but both are two tokens in MiniLM's
     # vocabulary, and the boot is the shape to learn).
     initializers: dict = _setting({"zebra": "horse", "giraffe": "horse", "ankle-boot": "boot"},
-                                  "concept -> one-token initializer word")
+                                  "concept (a subject: its folder's name) -> one-token initializer word; "
+                                  "a subject without one starts from its class noun's last word")
     train_templates: list = _setting(["a photo of a {}.", "a picture of a {}.", "a {}.", "an image of a {}."],
                                      "prompts tuned on, '{}' = the concept")
     # Two templates the base model was trained with, one it never saw ("drawing"), and
     # one that composes the concept with another word ("large").
     eval_prompts: list = _setting(["a photo of a {}.", "a black and white photo of a {}.",
                                    "a drawing of a {}.", "a photo of a large {}."],
-                                  "prompts sampled after tuning, '{}' = the concept")
+                                  "prompts sampled after tuning on a concept:NAME, '{}' = the concept")
+    subject_prompts: list = _setting(SUBJECT_PROMPTS, "prompts sampled after tuning on a subject:PATH, "
+                                     "'{}' = the subject (DreamBooth-style)", added_later=True)
     samples_per_prompt: int = _setting(8, "samples per evaluation prompt (prompt p: seeds p*N .. p*N+N-1)")
     curve_samples_per_prompt: int = _setting(3, "samples per prompt scored at each curve checkpoint")
     checkpoints: list = _setting([0.0, 0.25, 0.5, 0.75, 1.0], "fractions of the steps where fidelity is scored")
@@ -82,13 +110,18 @@ class GenerationSettings:
     fidelity_threshold: float = _setting(0.5, "fidelity whose train time is reported")
     flip: bool = _setting(True, "random horizontal flips of the references while tuning")
     judge: str = _setting("mnist20", "fidelity judge (models/judge.py)")
-    clip_backbone: str = _setting("mini-clip", "CLIP that scores CLIP-I and CLIP-T")
-    clip_image_size: int = _setting(64, "pixels per side fed to that CLIP's image tower")
+    clip_backbone: str = _setting("mini-clip", "CLIP that scores CLIP-I and CLIP-T (mini-clip, open_clip:ARCH, "
+                                  "hf-clip:PATH)")
+    clip_image_size: int = _setting(64, "pixels per side fed to that CLIP's image tower (a ViT's own: 224 for B/32)")
+    clip_pretrained: str = _setting("", "local checkpoint of that CLIP (open_clip:ARCH needs one; '' = the "
+                                    "backbone's own weights)", added_later=True)
+    dino_model: str = _setting("", "local Hugging Face image-model folder (a DINO ViT) for the DINO score; "
+                               "'' skips it", added_later=True)
     real_images: int = _setting(32, "real test images of the concept scored for calibration")
     timing_repeats: int = _setting(5, "repeats of the conditioning timing probe")
 
     def __post_init__(self) -> None:
-        for name in ("train_templates", "eval_prompts"):
+        for name in ("train_templates", "eval_prompts", "subject_prompts"):
             prompts = getattr(self, name)
             if not isinstance(prompts, list) or not prompts:
                 raise ValueError(f"{name} must be a non-empty list of prompts")
@@ -108,53 +141,67 @@ class GenerationSettings:
 
 @TASKS.register("generation")
 class Generation:
-    summary = ("personalised text-to-image: learn a held-out concept from K images; "
-               "metrics: fidelity, CLIP-I, CLIP-T, diversity, time to a fidelity threshold")
+    summary = ("personalised text-to-image: learn a held-out concept or your own subject from K images; "
+               "metrics: fidelity (built-in concepts), CLIP-I, CLIP-T, DINO, diversity, time to a fidelity threshold")
     config_class = GenerationSettings
     hooks = frozenset({"conditioning"})  # GenerationAdapter's one hook
     # Higher is better; what `tunebench select` compares trials by: the report's headline,
-    # judged on samples from validation seeds (docs/generation.md).
+    # judged on samples from validation seeds (docs/generation.md). A subject of your own
+    # has no judge and is compared by CLIP-I instead (``selection_metric_for``).
     selection_metric = "fidelity"
     shots_unit = "reference images"
+    # Adapters are built through ``tasks.base.with_start``: a cell may start from another run.
+    chains = True
+
+    @classmethod
+    def selection_metric_for(cls, dataset: str) -> str:
+        """The metric trials on ``dataset`` are compared by: fidelity on a built-in concept;
+        CLIP-I against the held-out photos on a subject (no judge knows it, and CLIP-I is
+        DreamBooth's subject-fidelity measure)."""
+        return load_dataset(dataset).selection_metric
 
     def validate(self, config: RunConfig) -> None:
-        dataset = load_dataset(config.dataset)
-        if not isinstance(dataset, ConceptDataset):
-            raise ConfigError(f"generation needs a concept dataset (concept:zebra, concept:giraffe, ...), "
-                              f"not {config.dataset!r}")
+        dataset = load_dataset(config.dataset)  # a subject folder's bad input stops here
+        if not isinstance(dataset, ConceptDataset | SubjectDataset):
+            raise ConfigError(f"generation needs a concept dataset (concept:zebra, concept:giraffe, ...) or your "
+                              f"own subject (subject:PATH), not {config.dataset!r}")
         method_cls, _ = method_and_settings(config)
         settings = build_dataclass(GenerationSettings, config.task_config, "task_config")
-        if dataset.concept not in settings.initializers:
+        if initializer_for(dataset, settings) is None:
             raise ConfigError(f"task_config.initializers has no initializer word for {dataset.concept!r}")
         dataset.references(config.shots, config.seed)  # too many shots fails here
-        if config.eval_split == "validation" and len(dataset.validation) < MIN_VALIDATION_IMAGES:
-            raise ConfigError(f"{dataset.name} holds out {len(dataset.validation)} validation images; selection "
-                              f"needs >= {MIN_VALIDATION_IMAGES}: raise VALIDATION_IMAGES in datasets/concepts.py")
+        if config.eval_split == "validation":
+            _check_validation(dataset)
+        if settings.dino_model:
+            from tunebench.models.image_embedder import check_image_model_folder
+
+            check_image_model_folder(settings.dino_model)
         builder, _ = BACKBONES.resolve(config.backbone)
         if not getattr(builder, "text_to_image", False):
             raise ConfigError(f"generation needs a text-to-image backbone (mini-t2i, diffusers:PATH, "
                               f"tiny-t2i), not {config.backbone!r}")
-        BACKBONES.resolve(settings.clip_backbone)
+        _check_clip_scorer(settings)
 
     def run(self, config: RunConfig, context: TaskContext) -> TaskResult:
-        concept: ConceptDataset = load_dataset(config.dataset)
+        concept: ConceptDataset | SubjectDataset = load_dataset(config.dataset)
         settings = build_dataclass(GenerationSettings, config.task_config, "task_config")
         method_cls, method_settings = method_and_settings(config)
         model, device, train_cfg = context.backbone, context.device, config.train
         train_watch, eval_watch = Stopwatch(device), Stopwatch(device)
         n_train = len(settings.train_templates)
-        prompts = ConceptPrompts(settings.initializers[concept.concept],
-                                 tuple(settings.train_templates + settings.eval_prompts))
+        eval_prompts = evaluation_prompts(concept, settings)
+        prompts = ConceptPrompts(initializer_for(concept, settings), tuple(settings.train_templates + eval_prompts),
+                                 name=concept.concept)
         eval_index = torch.arange(n_train, len(prompts.prompts))
         references = concept.train.load(concept.references(config.shots, config.seed))
 
         with train_watch.measure():
-            adapter = method_cls(model, prompts, method_settings).to(device)
+            adapter = with_start(method_cls(model, prompts, method_settings).to(device), context)
             latents = model.encode_latents(model.preprocess(references).to(device))
         evaluator = None
         if not model.timing_only:  # scorer models load outside both clocks, once per process
             evaluator = Evaluator(concept=concept, references=references, eval_index=eval_index,
-                                  reference_view=model.to_uint8(model.preprocess(references)),
+                                  prompts=eval_prompts, reference_view=model.to_uint8(model.preprocess(references)),
                                   settings=settings, precision=train_cfg.precision, device=device,
                                   split=config.eval_split)
 
@@ -166,23 +213,24 @@ class Generation:
         def checkpoint(step: int) -> None:
             with curve_watch.measure():
                 curve.append({"step": step, "train_seconds": round(train_watch.seconds, 4),
-                              "fidelity": round(evaluator.probe_fidelity(adapter), 5)})
+                              evaluator.curve_metric: round(evaluator.probe(adapter), 5)})
 
         at = {round(f * train_cfg.steps) for f in settings.checkpoints[:-1]} if evaluator else set()
         outcome = train_concept(adapter, latents, torch.arange(n_train), config=config, settings=settings,
                          watch=train_watch, checkpoints=at, on_checkpoint=checkpoint)
         metrics: dict = {"concept": concept.concept, "initializer": prompts.initializer,
-                         "timing_only": model.timing_only}
+                         "timing_only": model.timing_only, **concept.facts()}
         pictures = {}
         if evaluator is not None:
             with eval_watch.measure():
-                quality, grid, final_fidelity = evaluator.final(adapter)
+                quality, grid, final_probe = evaluator.final(adapter)
             curve.append({"step": train_cfg.steps, "train_seconds": round(train_watch.seconds, 4),
-                          "fidelity": round(final_fidelity, 5)})
-            metrics.update(quality, **evaluator.judge_facts())
+                          evaluator.curve_metric: round(final_probe, 5)})
+            metrics.update(quality, **evaluator.facts())
             metrics["curve"] = curve
-            metrics["fidelity_threshold"] = settings.fidelity_threshold
-            metrics["seconds_to_threshold"] = seconds_to_threshold(curve, settings.fidelity_threshold)
+            if evaluator.curve_metric == "fidelity":  # the threshold is a fidelity level
+                metrics["fidelity_threshold"] = settings.fidelity_threshold
+                metrics["seconds_to_threshold"] = seconds_to_threshold(curve, settings.fidelity_threshold)
             pictures["samples"] = grid
         conditioning = _time_conditioning(adapter, config, settings, device)
         metrics.update(
@@ -203,6 +251,42 @@ class Generation:
                    **({"curve_eval_seconds": round(curve_watch.seconds, 4)} if evaluator else {})},
             pictures=pictures,
         )
+
+
+def evaluation_prompts(dataset, settings: GenerationSettings) -> list[str]:
+    """A built-in concept is sampled with ``eval_prompts`` (templates its 28 px classes were
+    drawn with); your own subject with ``subject_prompts`` (DreamBooth-style scenes)."""
+    return settings.subject_prompts if isinstance(dataset, SubjectDataset) else settings.eval_prompts
+
+
+def initializer_for(dataset, settings: GenerationSettings) -> str | None:
+    """The word the concept starts from: ``task_config.initializers`` first; else the
+    dataset's own (a subject's head noun; None for a built-in concept)."""
+    return settings.initializers.get(dataset.concept) or dataset.initializer
+
+
+def _check_clip_scorer(settings: GenerationSettings) -> None:
+    """The scoring CLIP is a CLIP, and its checkpoint file is there (no weights are read)."""
+    from tunebench.models.mini_det import is_detection_backbone
+
+    builder, _ = BACKBONES.resolve(settings.clip_backbone)
+    if getattr(builder, "text_to_image", False) or is_detection_backbone(settings.clip_backbone):
+        raise ConfigError(f"task_config.clip_backbone {settings.clip_backbone!r} is not a CLIP: name one "
+                          "(mini-clip, open_clip:ARCH with clip_pretrained, hf-clip:PATH)")
+    if settings.clip_pretrained and not Path(settings.clip_pretrained).expanduser().is_file():
+        raise ConfigError(f"task_config.clip_pretrained: checkpoint {settings.clip_pretrained} not found")
+
+
+def _check_validation(dataset) -> None:
+    """Enough held-out images for a selection trial, or one line saying what to do."""
+    if isinstance(dataset, SubjectDataset):
+        if len(dataset.validation) < MIN_SUBJECT_VALIDATION:
+            raise ConfigError(f"{dataset.name} holds out no photos for lr selection (it has {dataset.photos}; a "
+                              f"folder of {HOLD_OUT_FROM} or more holds out a quarter): add photos, choose on "
+                              f"another dataset (selection.pilot.dataset) or set each method's lr in method_config")
+    elif len(dataset.validation) < MIN_VALIDATION_IMAGES:
+        raise ConfigError(f"{dataset.name} holds out {len(dataset.validation)} validation images; selection "
+                          f"needs >= {MIN_VALIDATION_IMAGES}: raise VALIDATION_IMAGES in datasets/concepts.py")
 
 
 def train_concept(adapter, latents, train_index, *, config: RunConfig, settings: GenerationSettings,

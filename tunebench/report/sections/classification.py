@@ -12,6 +12,7 @@ import pandas as pd
 
 from tunebench.report import figures
 from tunebench.report import table as t
+from tunebench.report.chain import chain_table, own_tables
 from tunebench.report.curves import curve_part
 from tunebench.report.sections import Options, section
 from tunebench.report.style import method_key
@@ -121,6 +122,8 @@ def _figures(cells: list[dict], folder: Path, metric: str) -> list[tuple[str, Pa
 @section("fewshot-cls", position=0, fractions=("top1", "top5"))
 def write(runs: list[dict], results: Path, options: Options) -> tuple[list[str], list[Path]]:
     metric = options.metric
+    chain_lines = chain_table(runs, metric=metric, metric_name=f"{LABELS.get(metric, metric)} %")
+    runs = own_tables(runs)  # chained runs (and their off-budget sources) have the table above only
     cells = summarise(runs) if runs else []
     summary = t.write_summary(cells, results / "summary.csv", [
         *GROUP, "method", "shots", "n_seeds", "seeds", *t.mean_std([metric, "train_seconds"]), "eval_seconds_mean",
@@ -130,7 +133,7 @@ def write(runs: list[dict], results: Path, options: Options) -> tuple[list[str],
         return [], [summary]
     df = pd.DataFrame(cells)
     lines = [line for _, group in df.groupby(GROUP, sort=True) for line in _dataset_section(group, metric)]
-    lines += _relative_time_section(df, options.reference) + _zero_shot_section(cells, metric)
+    lines += _relative_time_section(df, options.reference) + _zero_shot_section(cells, metric) + chain_lines
     curve_lines, curve_files = curve_part(runs, results, track="Classification", key=metric, metric_name=metric,
                                           ylabel=f"{LABELS.get(metric, metric)} (%)", slug="classification",
                                           heading="##")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tunebench.report import figures
 from tunebench.report import table as t
+from tunebench.report.chain import chain_table, own_tables
 from tunebench.report.curves import curve_part
 from tunebench.report.sections import Options, section
 from tunebench.report.style import method_key
@@ -105,6 +106,8 @@ def _figures(groups: dict, folder: Path) -> list[tuple[str, Path]]:
 def write(runs: list[dict], results: Path, options: Options) -> tuple[list[str], list[Path]]:
     if not runs:
         return [], []
+    chain_lines = chain_table(runs, metric=METRIC, metric_name="Novel box AP", heading="###")
+    runs = own_tables(runs)  # chained runs (and their off-budget sources) have the table above only
     cells = summarise(runs)
     groups: dict[tuple, list[dict]] = {}
     for c in cells:
@@ -117,6 +120,7 @@ def write(runs: list[dict], results: Path, options: Options) -> tuple[list[str],
              "scored with pycocotools on the test images. Novel classes were never seen when the "
              "detector was built; *novel box AP* is the headline.", "",
              *(line for (dataset, backbone), group in groups.items() for line in _group_section(dataset, backbone, group)),
+             *chain_lines,
              "### Detection figures", "", *figures.links(written, results), ""]
     curve_lines, curve_files = curve_part(runs, results, track="Detection", key=METRIC, metric_name="novel box AP",
                                           ylabel="Novel-class box AP (%)", slug="detect",

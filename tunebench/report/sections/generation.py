@@ -4,7 +4,10 @@ encoder's share of a textual-inversion step.
 
 Runs are grouped per (backbone, concept, K); ``shots`` is K, the number of reference
 images. Runs on timing-only backbones (random weights, ``metrics.timing_only``) have
-step times and no quality metrics: they feed only the text-encoder-share table.
+step times and no quality metrics: they feed only the text-encoder-share table. Runs on
+a subject of your own (``subject:PATH``) have no fidelity (no judge knows the subject):
+they get their own tables of CLIP-I, CLIP-T and DINO (when scored), and stay out of the
+fidelity headline, curves and judge table.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from matplotlib.lines import Line2D
 
 from tunebench.report import figures
 from tunebench.report import table as t
+from tunebench.report.chain import chain_table, own_tables
 from tunebench.report.sections import Options, section
 from tunebench.report.style import method_key, style
 from tunebench.scores import equal_fidelity
@@ -25,6 +29,9 @@ from tunebench.scores import equal_fidelity
 QUALITY = ("fidelity", "clip_i", "clip_t", "diversity")
 TIMES = ("train_seconds", "seconds_to_threshold", "step_seconds", "conditioning_seconds")
 REAL = ("real_fidelity", "real_clip_i", "real_clip_t")
+# A subject's own measures: DINO (when a model was given) and its references scored
+# against each other and the prompts (gen_eval's calibration for a subject).
+SUBJECT = ("dino", "reference_clip_i", "reference_clip_t", "reference_dino")
 _DASHES = ["--", "-", ":", "-."]  # one line style per K, ascending
 
 
@@ -39,9 +46,11 @@ def mean(c: dict, name: str) -> float | None:
 
 
 def curve(c: dict) -> list[tuple[float, float]]:
-    """(mean train s, mean fidelity) per checkpoint, over the seeds that share the checkpoints."""
+    """(mean train s, mean fidelity) per checkpoint, over the seeds that share the checkpoints;
+    [] for curves of another measure (a subject's CLIP-I)."""
     curves = [r["metrics"].get("curve") or [] for r in c["runs"]]
-    if not curves[0] or len({tuple(p["step"] for p in k) for k in curves}) != 1:
+    if not curves[0] or len({tuple(p["step"] for p in k) for k in curves}) != 1 or \
+            not all("fidelity" in p for k in curves for p in k):
         return []
     return [(statistics.fmean(k[i]["train_seconds"] for k in curves), statistics.fmean(k[i]["fidelity"] for k in curves))
             for i in range(len(curves[0]))]
@@ -49,11 +58,17 @@ def curve(c: dict) -> list[tuple[float, float]]:
 
 def summarise(runs) -> list[dict]:
     """One cell per (backbone, concept, method, K), with ``reached`` (seeds that reached
-    the fidelity threshold), ``threshold`` and ``timing_only``."""
-    cells = [{**c, "concept": c["dataset"].removeprefix("concept:"), "reached": len(values(c, "seconds_to_threshold")),
-              "threshold": mean(c, "fidelity_threshold"), "timing_only": any(r["metrics"].get("timing_only")
-                                                                              for r in c["runs"])}
-             for c in t.seed_cells(runs, ["backbone", "dataset", "method", "shots"])]
+    the fidelity threshold; None for a subject, which has no fidelity to reach one with),
+    ``threshold``, ``timing_only`` and ``judged`` (has fidelity: False for a subject of
+    your own and for timing-only runs)."""
+    cells = []
+    for c in t.seed_cells(runs, ["backbone", "dataset", "method", "shots"]):
+        judged = bool(values(c, "fidelity"))
+        subject = not judged and bool(values(c, "clip_i"))  # scored, but by no judge
+        cells.append({**c, "concept": c["dataset"].removeprefix("concept:"), "judged": judged,
+                      "reached": None if subject else len(values(c, "seconds_to_threshold")),
+                      "threshold": mean(c, "fidelity_threshold"),
+                      "timing_only": any(r["metrics"].get("timing_only") for r in c["runs"])})
     return sorted(cells, key=lambda c: (c["backbone"], c["concept"], c["shots"], method_key(c["method"])))
 
 
@@ -70,7 +85,7 @@ def comparisons(cells: list[dict]) -> list[dict]:
     it), ``step_ratio``, ``run_ratio``, and per seed run by both ``levels``: (the highest
     fidelity both curves reach, ConES / TI seconds to first reach it), left out where
     that level is no gain over a start."""
-    at = {(c["backbone"], c["concept"], c["shots"], c["method"]): c for c in cells if not c["timing_only"]}
+    at = {(c["backbone"], c["concept"], c["shots"], c["method"]): c for c in cells if c["judged"]}
     out = []
     for (backbone, concept, shots, method), cones in sorted(at.items()):
         if method != "cones" or (ti := at.get((backbone, concept, shots, "textual-inversion"))) is None:
@@ -192,6 +207,9 @@ def _quality_tables(cells: list[dict]) -> list[str]:
         if not c["timing_only"]:
             groups[c["backbone"], c["concept"]].append(c)
     for (backbone, concept), group in sorted(groups.items()):
+        if not any(c["judged"] for c in group):
+            lines += _subject_table(backbone, concept, group)
+            continue
         threshold = group[0]["threshold"]
         table = t.rows([[
             c["method"], str(c["shots"]), _pm(c, "fidelity", percent=True), _pm(c, "clip_i"), _pm(c, "clip_t"),
@@ -209,6 +227,33 @@ def _quality_tables(cells: list[dict]) -> list[str]:
         lines += [f"### {concept}, {backbone}", "", f"Mean ± std over seeds.{calibration}", "",
                   *t.markdown(table, "lr" + "r" * (table.shape[1] - 2)), ""]
     return lines
+
+
+def _subject_table(backbone: str, subject: str, group: list[dict]) -> list[str]:
+    """A subject of your own: no judge, so no fidelity or threshold columns; DINO only
+    where it was scored. Calibration: the references against each other and the prompts."""
+    dino = any(values(c, "dino") for c in group)
+    table = t.rows([[
+        c["method"], str(c["shots"]), _pm(c, "clip_i"), _pm(c, "clip_t"), *([_pm(c, "dino")] if dino else []),
+        _pm(c, "diversity"), _pm(c, "train_seconds", digits=1), f"{statistics.median(values(c, 'step_seconds')):.3f}",
+        t.count(c["trainable_params"]), str(len(c["runs"])),
+    ] for c in sorted(group, key=lambda c: (method_key(c["method"]), c["shots"]))],
+        columns=["Method", "K", "CLIP-I", "CLIP-T", *(["DINO"] if dino else []), "Diversity", "Train s", "Step s",
+                 "Trainable", "Seeds"])
+    first = group[0]["runs"][0]["metrics"]
+    facts = (f" {first['subject_photos']} photos of a {first['class_noun']} ({first['held_out_photos']} held out "
+             "for lr selection)." if "subject_photos" in first else "")
+    among = {name: statistics.fmean(v for c in group for v in values(c, name))
+             for name in ("reference_clip_i", "reference_clip_t", "reference_dino") if any(values(c, name) for c in group)}
+    calibration = ""
+    if "reference_clip_i" in among:
+        calibration = (f" Its reference photos score CLIP-I {among['reference_clip_i']:.3f} against each other"
+                       + (f", DINO {among['reference_dino']:.3f}" if "reference_dino" in among else "")
+                       + f", CLIP-T {among['reference_clip_t']:.3f}.")
+    note = "" if dino else " DINO: not scored (no `task_config.dino_model` given)."
+    return [f"### Subject {subject}, {backbone}", "",
+            f"Your own subject: no judge knows it, so no fidelity; mean ± std over seeds.{facts}{calibration}{note}",
+            "", *t.markdown(table, "lr" + "r" * (table.shape[1] - 2)), ""]
 
 
 def _share_section(rows: list[dict], figure_link: str | None) -> list[str]:
@@ -260,9 +305,11 @@ def _grids_section(cells: list[dict]) -> list[str]:
             groups[c["backbone"], c["concept"]].append(c)
     if not groups:
         return []
+    subjects = " (`task_config.subject_prompts` for a subject)" if any(not c["judged"] for g in groups.values()
+                                                                        for c in g) else ""
     lines = ["### Sample grids", "",
              "Top row: the K reference images; then one row per evaluation prompt, in the order "
-             "of `task_config.eval_prompts`, with the same seeds for every method. Shown: the "
+             f"of `task_config.eval_prompts`{subjects}, with the same seeds for every method. Shown: the "
              "largest K, first seed; every run's grid is linked.", ""]
     for (backbone, concept), group in sorted(groups.items()):
         group = sorted(group, key=lambda c: (method_key(c["method"]), c["shots"]))
@@ -278,6 +325,15 @@ def _grids_section(cells: list[dict]) -> list[str]:
                 lines += [f"{c['method']}, {concept}, K={c['shots']}, seed {first['seed']}:", "",
                           f"![{c['method']} {concept}]({samples(first)})", ""]
     return lines
+
+
+def _subjects_note(cells: list[dict]) -> list[str]:
+    if all(c["judged"] or c["timing_only"] for c in cells):
+        return []
+    return ["Your own subjects (`subject:PATH`) have no judge: their tables show CLIP-I (against the "
+            "references; the samples' mean cosine in the scoring CLIP's image space), CLIP-T (against "
+            "the prompt with the class noun), DINO where a local model was given, and no fidelity; they "
+            "are not part of the fidelity headline, curves or judge table.", ""]
 
 
 # ---- figures ---------------------------------------------------------------------------
@@ -342,6 +398,8 @@ def _ratio_vs_share(rows: list[dict], path: Path) -> Path:
 def write(runs: list[dict], results: Path, options: Options) -> tuple[list[str], list[Path]]:
     if not runs:
         return [], []
+    chain_lines = chain_table(runs, metric="fidelity", metric_name="Fidelity %", heading="###", what="Concept")
+    runs = own_tables(runs)  # chained runs (and their off-budget sources) have the table above only
     cells, folder = summarise(runs), results / "figures"
     rows = share_rows(cells)
     written = []
@@ -364,14 +422,18 @@ def write(runs: list[dict], results: Path, options: Options) -> tuple[list[str],
         "fidelity curve (scored at checkpoints with the train clock paused) first reaches T, "
         "interpolated, with (reached/seeds) when not every seed did; *Step s*: median seconds "
         "per training step.", "",
+        *_subjects_note(cells),
         *_headline(comparisons(cells)),
         *_quality_tables(cells),
+        *chain_lines,
         *judge_table(runs),
         *_share_section(rows, next((link for title, link in links if "share" in title), None)),
         *(f"![{title}]({link})\n" for title, link in links if "share" not in title),
         *_grids_section(cells),
     ]
+    # A subject's own columns only when some run has them: no all-empty columns.
+    subject = [name for name in SUBJECT if any(values(c, name) for c in cells)]
     summary = t.write_summary(cells, results / "summary_gen.csv", [
         "backbone", "concept", "method", "shots", "n_seeds", "seeds", "timing_only", "trainable_params",
-        "total_params", ("reached_threshold", "reached"), *t.mean_std([*QUALITY, *TIMES, *REAL])])
+        "total_params", ("reached_threshold", "reached"), *t.mean_std([*QUALITY, *TIMES, *REAL, *subject])])
     return lines, [summary, *(path for _, path in written)]
