@@ -124,10 +124,21 @@ def load_runs(runs_dir: Path, *, metric: str = "top1") -> Runs:
 def _cell_key(run: dict) -> tuple:
     """What one seed of one table cell is: two records with this key must not both count.
     A chained run (``init_from``) is a cell of its own beside the same method alone."""
-    train = (run.get("config") or {}).get("train") or {}
-    source = run["init_from"]["hash"] if isinstance(run.get("init_from"), dict) else None
+    config = run.get("config") or {}
+    train = config.get("train") or {}
+    # The lr is what selection chooses: runs that differ only in it are one cell chosen
+    # twice (the newest counts). Any other method or task setting makes another cell.
+    # So does a chain's source, by method and steps (not by hash: a source whose lr was
+    # chosen again is the same cell's source).
+    settings = {k: v for k, v in (config.get("method_config") or {}).items() if k != "lr"}
+    chained = run.get("init_from")
+    source = (chained.get("method"), chained.get("steps")) if isinstance(chained, dict) else None
     return (run["task"], run["dataset"], run["backbone"], run["method"], run["shots"], run["seed"],
-            train.get("steps"), source)
+            train.get("steps"), _frozen(settings), _frozen(config.get("task_config") or {}), source)
+
+
+def _frozen(value: dict) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _current(runs: list[dict]) -> tuple[list[dict], list[str]]:
@@ -142,10 +153,13 @@ def _current(runs: list[dict]) -> tuple[list[dict], list[str]]:
     kept, notes = [], []
     for key in sorted(groups, key=repr):
         group = [r for r in groups[key] if (r.get("config") or {}).get("eval_split", "test") == "test"]
-        notes += [f"{r['config_hash']}: a selection trial, not a result" for r in groups[key] if r not in group]
+        # Membership by identity: records are dicts, and comparing them by value is slow.
+        tests = {id(r) for r in group}
+        notes += [f"{r['config_hash']}: a selection trial, not a result" for r in groups[key] if id(r) not in tests]
         protocol = [r for r in group if "init" in (r.get("config") or {})]
+        fair = {id(r) for r in protocol}
         notes += [f"{r['config_hash']}: made before the fair protocol; superseded by a run of the same cell"
-                  for r in group if protocol and r not in protocol]
+                  for r in group if protocol and id(r) not in fair]
         group = protocol or group
         group = sorted(group, key=lambda r: (str(r.get("finished_at", "")), r["config_hash"]))
         notes += [f"{r['config_hash']}: an older run of the same cell (seed {r['seed']}); the newest counts"
