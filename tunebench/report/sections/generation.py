@@ -22,6 +22,7 @@ from matplotlib.lines import Line2D
 from tunebench.report import figures
 from tunebench.report import table as t
 from tunebench.report.chain import chain_table, own_tables
+from tunebench.report.curves import curve_part
 from tunebench.report.sections import Options, section
 from tunebench.report.style import method_key, style
 from tunebench.scores import equal_fidelity
@@ -411,6 +412,10 @@ def write(runs: list[dict], results: Path, options: Options) -> tuple[list[str],
             written.append(("Generation: ConES / TI step time vs text-encoder share",
                             _ratio_vs_share(rows, folder / "gen_step_ratio_vs_text_share.png")))
     links = [(title, path.relative_to(results).as_posix()) for title, path in written]
+    # Every method, not just ConES against TI: who leads at equal steps and at equal time.
+    verdict_lines, verdict_files = curve_part(runs, results, track="Generation", key="fidelity",
+                                              metric_name="fidelity", ylabel="Fidelity (%)", slug="gen",
+                                              shots_unit="references")
     lines = [
         "## Generation track (task `generation`)", "",
         "Personalised text-to-image: each method learns a concept the model never saw from K "
@@ -425,6 +430,10 @@ def write(runs: list[dict], results: Path, options: Options) -> tuple[list[str],
         *_subjects_note(cells),
         *_headline(comparisons(cells)),
         *_quality_tables(cells),
+        *verdict_lines,
+        *(["The curve scores `curve_samples_per_prompt` samples per prompt at each checkpoint, the "
+           "tables above `samples_per_prompt` after the last step, so its last point can differ "
+           "from their fidelity.", ""] if verdict_lines else []),
         *chain_lines,
         *judge_table(runs),
         *_share_section(rows, next((link for title, link in links if "share" in title), None)),
@@ -436,4 +445,4 @@ def write(runs: list[dict], results: Path, options: Options) -> tuple[list[str],
     summary = t.write_summary(cells, results / "summary_gen.csv", [
         "backbone", "concept", "method", "shots", "n_seeds", "seeds", "timing_only", "trainable_params",
         "total_params", ("reached_threshold", "reached"), *t.mean_std([*QUALITY, *TIMES, *REAL, *subject])])
-    return lines, [summary, *(path for _, path in written)]
+    return lines, [summary, *(path for _, path in written), *verdict_files]
