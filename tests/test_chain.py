@@ -187,7 +187,7 @@ def _copy_as(tmp_path: Path, record: dict, name: str, **changes) -> str:
 
 
 @pytest.mark.parametrize("case", ["missing-hash", "missing-name", "backbone", "dataset", "not-cones",
-                                  "cannot-chain", "no-artifact", "task"])
+                                  "cannot-chain", "no-artifact", "task", "train"])
 def test_bad_chains_stop_in_one_line_and_store_nothing(case, tmp_path, capsys, with_source):
     args, method, expected = [], "lit", ""
     if case == "missing-hash":
@@ -211,6 +211,9 @@ def test_bad_chains_stop_in_one_line_and_store_nothing(case, tmp_path, capsys, w
         artifact = tmp_path / "results" / with_source["artifact"]["path"]
         artifact.unlink()
         args, expected = ["--init-from", "cones"], "has no saved artifact"
+    elif case == "train":  # by hash, a source trained on another batch size is refused too
+        train = {**with_source["config"]["train"], "batch_size": 3}
+        args, expected = ["--init-from", _copy_as(tmp_path, with_source, "e" * 16, train=train)], "another train"
     elif case == "task":
         args, expected = ["--init-from", "cones", "--task", "base2new"], "cannot start a run from another"
     before = records(tmp_path / "results")
@@ -262,6 +265,24 @@ def test_the_chain_block_adds_a_source_and_a_chained_cell(tmp_path):
     assert source.train.steps == chained.train.steps == 2 and cones.train.steps == 4
     assert chained.init_from == source.config_hash and chained.method_config == lit.method_config
     check_chains(cells)
+
+
+def test_a_stored_source_without_its_artifact_stops_the_sweep_before_any_cell(tmp_path, capsys):
+    # A fresh clone has the records but not results/artifacts/ (ignored by git): a new
+    # chained cell from a stored source must stop the sweep up front, not halfway.
+    results, sweep = tmp_path / "results", chain_sweep(tmp_path)
+    assert main(["bench", str(sweep), "--results", str(results), "--no-report"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    stored = records(results)
+    chained = next(r for r in stored.values() if r.get("init_from"))
+    (results / stored[chained["init_from"]["hash"]]["artifact"]["path"]).unlink()
+    (results / "runs" / f"{chained['config_hash']}.json").unlink()
+    alone = next(r for r in stored.values() if r["method"] == "lit" and not r.get("init_from"))
+    (results / "runs" / f"{alone['config_hash']}.json").unlink()  # would run first, without the check
+    before = records(results)
+    assert main(["bench", str(sweep), "--results", str(results), "--no-report"]) == 2
+    assert "has no saved artifact" in one_line_error(capsys)
+    assert records(results) == before
 
 
 @pytest.mark.parametrize("changes, expected", [

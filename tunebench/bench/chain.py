@@ -111,6 +111,12 @@ def _check_source(config: RunConfig, source: dict, source_hash: str, method_cls:
     if source.get("eval_split", "test") != "test":
         raise ConfigError(f"{name}: that run is a selection trial (scored on validation data): start from a final run")
     key = _differs(source, config)
+    if key is None and source.get("train") is not None:
+        # A source named by hash is compared on its train settings too, except the ones
+        # a chained run may change (its steps, whether it saves artifacts: FREE_TRAIN).
+        free = dict.fromkeys(FREE_TRAIN)
+        if {**source["train"], **free} != {**config.to_dict()["train"], **free}:
+            key = "train"
     if key is not None:
         theirs, mine = source.get(key), config.to_dict()[key]
         what = f"another {key}" if isinstance(mine, dict) else f"{key} {theirs!r}, this one {mine!r}"
@@ -220,6 +226,11 @@ def check_chains(cells: list[RunConfig], store: RunStore | None = None) -> None:
             if not planned.train.save_artifacts:
                 raise ConfigError(f"{config.label} starts from {planned.label}, which saves no artifact: "
                                   "set train.save_artifacts: true")
+            # A source already stored is skipped, not rerun: its artifact must be there (a
+            # fresh clone has the records but not results/artifacts/, which git ignores).
+            stored = store.read(planned.config_hash) if store is not None else None
+            if stored is not None and stored.get("status") == "ok" and not store.is_finished(config.config_hash):
+                artifact_path(store, stored)
             continue
         if store is None:
             continue
