@@ -40,3 +40,14 @@ def tiny_classes():
 
     dataset = load_dataset("tiny-shapes")
     return ClassPrompts(tuple(dataset.classnames), tuple(dataset.templates))
+
+
+@pytest.fixture
+def one_thread():
+    """Toy models gain nothing from a second thread, and on a busy 2-core machine the
+    second waits for a core: a test file opts in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

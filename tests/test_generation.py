@@ -31,14 +31,7 @@ from tunebench.tasks import gen_eval
 load_all()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy 2-core machine the
-    second one waits for a core (conftest asks for 2): run these tests on one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: toy models run on one thread
 GEN_METHODS = METHODS.names_for("generation")
 CONCEPT = ConceptPrompts("horse", ("a photo of a {}.", "a {}.", "a drawing of a {}."))
 FAST_TASK = {"judge": "tiny", "clip_backbone": "tiny-clip", "clip_image_size": 16, "samples_per_prompt": 2,

@@ -30,12 +30,7 @@ PROMPTS = ["a photo of a horse.", "a sks horse.", "", "photo of a photo of a hor
 CONCEPT = ConceptPrompts("horse", ("a photo of a {}.", "a {}."))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: toy models run on one thread
 
 
 def load_pipe(folder):

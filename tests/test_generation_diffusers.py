@@ -24,14 +24,7 @@ from tunebench.registry import BACKBONES, TASKS, load_all
 load_all()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy 2-core machine the
-    second one waits for a core (conftest asks for 2): run these tests on one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: toy models run on one thread
 WORDS = ["a", "photo", "of", "horse", "x", "sks"]
 TEXT_POSITIONS = 24  # the text encoder's position table and the tokenizer's limit
 

@@ -45,12 +45,7 @@ EXPORT = {"cones": "cones", "textual-inversion": "learned_embeds", "unet-attn": 
 GRID_SCALE, GRID_GAP = 3, 2  # engine/grids.png_grid's defaults
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: toy models run on one thread
 
 
 def run_cell(method: str, folder, results) -> dict:

@@ -47,13 +47,7 @@ load_all()
 SUBJECT_TASK = {**FAST_TASK, "subject_prompts": ["a photo of a {} on a sandy beach."]}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """As in test_generation: tiny models run on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: toy models run on one thread
 
 
 def zebra_images(n: int) -> np.ndarray:

@@ -186,13 +186,7 @@ def _cases():
         yield pytest.param(*key, id="-".join(key))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Toy models gain nothing from a second thread on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: toy models run on one thread
 
 
 @pytest.mark.parametrize(("task", "method"), list(_cases()))
