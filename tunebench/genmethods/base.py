@@ -96,9 +96,3 @@ class GenerationAdapter(TrainableParts, nn.Module, ABC):
         self.model.eval()
         return self
 
-    def artifact(self) -> dict[str, torch.Tensor]:
-        """The trained tensors: the concept vector (TI, ConES), K/V weights (unet-attn), the UNet
-        (full-ft); and what a start from another run fixed (``held_tensors``: a chained run's
-        ConES concept state)."""
-        return {**{n: p.detach().cpu().contiguous() for n, p in self.trainable_named_parameters()},
-                **self.held_tensors()}

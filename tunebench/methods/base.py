@@ -155,6 +155,13 @@ class TrainableParts:
         return {n: b.detach().cpu().contiguous() for n, b in self.named_buffers()
                 if n in state and not n.startswith(wrapped)}
 
+    def artifact(self) -> dict[str, torch.Tensor]:
+        """What must be saved to reproduce the tuned model on top of the backbone: the
+        trained tensors (class vectors, K/V weights, a whole tower or UNet), and those a
+        start from another run fixed (``held_tensors``)."""
+        return {**{n: p.detach().cpu().contiguous() for n, p in self.trainable_named_parameters()},
+                **self.held_tensors()}
+
     def exports(self) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]]:
         """What the run learned in the form its ecosystem loads (a diffusers
         ``learned_embeds.safetensors``, ...): name -> (tensors, safetensors metadata).
@@ -254,13 +261,6 @@ class MethodAdapter(TrainableParts, nn.Module, ABC):
         super().train(mode)
         self.backbone.eval()
         return self
-
-    # ---- artifact ---------------------------------------------------------------------
-    def artifact(self) -> dict[str, torch.Tensor]:
-        """What must be saved to reproduce the tuned model on top of the backbone: the
-        trained tensors, and those a start from another run fixed (``held_tensors``)."""
-        return {**{n: p.detach().cpu().contiguous() for n, p in self.trainable_named_parameters()},
-                **self.held_tensors()}
 
 
 def resolve_method(name: str, task: str | None = None) -> tuple[type, dict]:
