@@ -88,12 +88,17 @@ def check_can_chain(config: RunConfig) -> type:
 
 def _matches(source: dict, config: RunConfig) -> bool:
     """``source`` (a config as stored) is the run ``init_from: NAME`` names for ``config``."""
-    mine = config.to_dict()
-    free = dict.fromkeys(FREE_TRAIN)
     train = source.get("train") or {}
     return (source.get("method") == config.init_from and source.get("eval_split", "test") == "test"
             and not source.get("init_from") and _differs(source, config) is None
-            and train.get("steps") == config.source_steps and {**train, **free} == {**mine["train"], **free})
+            and train.get("steps") == config.source_steps and not _train_differs(train, config))
+
+
+def _train_differs(train: dict, config: RunConfig) -> bool:
+    """Whether a source's train settings differ from ``config``'s beyond what a chained run
+    may change (its steps, whether it saves artifacts: FREE_TRAIN)."""
+    free = dict.fromkeys(FREE_TRAIN)
+    return {**train, **free} != {**config.to_dict()["train"], **free}
 
 
 def _differs(source: dict, config: RunConfig) -> str | None:
@@ -111,12 +116,8 @@ def _check_source(config: RunConfig, source: dict, source_hash: str, method_cls:
     if source.get("eval_split", "test") != "test":
         raise ConfigError(f"{name}: that run is a selection trial (scored on validation data): start from a final run")
     key = _differs(source, config)
-    if key is None and source.get("train") is not None:
-        # A source named by hash is compared on its train settings too, except the ones
-        # a chained run may change (its steps, whether it saves artifacts: FREE_TRAIN).
-        free = dict.fromkeys(FREE_TRAIN)
-        if {**source["train"], **free} != {**config.to_dict()["train"], **free}:
-            key = "train"
+    if key is None and source.get("train") is not None and _train_differs(source["train"], config):
+        key = "train"  # a source named by hash is compared on its train settings too
     if key is not None:
         theirs, mine = source.get(key), config.to_dict()[key]
         what = f"another {key}" if isinstance(mine, dict) else f"{key} {theirs!r}, this one {mine!r}"
